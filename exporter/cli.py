@@ -1,0 +1,91 @@
+"""The `mobile-export` command. The only place that prints results and turns errors into exit codes."""
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from exporter.errors import GateFailed, MobileExportError
+
+EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_CONVERTER = 0, 1, 2, 3
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Export trained lightweight CNNs to mobile runtimes, with parity proof."""
+
+
+@main.command()
+@click.option("--model", help="zoo:NAME, python:pkg.module:factory, model.pt (TorchScript), model.pt2, model.onnx")
+@click.option("--weights", help="state_dict to load: .pt/.pth (tensors only) or .safetensors")
+@click.option("--trust-pickle", is_flag=True, default=None, help="allow loading pickled Python objects (runs code!)")
+@click.option("--input-shape", help="N,C,H,W, e.g. 1,3,224,224")
+@click.option("--mean", help="per-channel mean after pixel scaling, e.g. 0.485,0.456,0.406")
+@click.option("--std", help="per-channel std after pixel scaling, e.g. 0.229,0.224,0.225")
+@click.option("--color", type=click.Choice(["rgb", "bgr"]), help="channel order the model expects")
+@click.option("--pixel-scale", type=float, help="pixels are divided by this before mean/std (default 255)")
+@click.option("--calib", help="folder of photos or .npy for int8 calibration (default: built-in sample photos)")
+@click.option("--val", help="folder of photos or .npy for parity (default: held-out part of --calib)")
+@click.option("--labels", help="text file with one class name per output, in order")
+@click.option("--target", type=click.Choice(["android", "tflite", "ncnn"]), help="what to build (default android)")
+@click.option("--out", help="output folder (default out); artifacts go to OUT/<model>/")
+@click.option("--int8-io", is_flag=True, default=None, help="int8 input/output tensors for int8 artifacts")
+@click.option("--timeout", "timeout_s", type=float, help="seconds each converter may take (default 1800)")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="export.toml; flags override it")
+@click.option("--debug", is_flag=True, help="show Python tracebacks")
+def export(config_path: Path | None, debug: bool, **flags) -> None:
+    """Convert a model to mobile artifacts and prove each one matches the original."""
+    from exporter.config import build_spec, parse_number_list
+
+    def run() -> int:
+        if flags["input_shape"] is not None:
+            flags["input_shape"] = parse_number_list(flags["input_shape"], "--input-shape", int)
+        for key in ("mean", "std"):
+            if flags[key] is not None:
+                flags[key] = parse_number_list(flags[key], f"--{key}")
+        spec = build_spec(flags, config_path)
+        return _export(spec)
+
+    sys.exit(_guarded(run, debug))
+
+
+def _export(spec) -> int:
+    from exporter.pipeline import run_export
+    from exporter.progress import StageClock
+    from validation.report import summary_lines
+
+    report = run_export(spec, StageClock(_echo_err))
+    for line in summary_lines(report):
+        click.echo(line)
+    if not report.passed:
+        failed = "; ".join(
+            f"{r.artifact.runtime} {r.artifact.precision} ({', '.join(r.parity.failures)})" for r in report.failed
+        )
+        raise GateFailed(
+            f"parity gate failed for {len(report.failed)} artifact(s): {failed}",
+            hint="inspect the failed artifacts, give more or better --calib photos, or relax [parity] in export.toml",
+        )
+    return EXIT_OK
+
+
+def _guarded(run, debug: bool) -> int:
+    try:
+        return run()
+    except MobileExportError as error:
+        if debug:
+            traceback.print_exc()
+        _echo_err(f"error: {error.message}")
+        if error.hint:
+            _echo_err(f"  fix: {error.hint}")
+        return error.exit_code
+    except KeyboardInterrupt:
+        _echo_err("interrupted: earlier artifacts and manifest are left as they were")
+        return 130
+if __name__ == "__main__":
+    main()

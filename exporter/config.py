@@ -1,0 +1,129 @@
+"""The export spec: defaults, then export.toml, then command-line flags, each overriding the last."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from exporter.contract import InputContract
+from exporter.errors import InputError
+from validation.parity import DEFAULT_THRESHOLDS, ParityThresholds
+
+DEFAULT_MODEL = "zoo:mobilenet_v2"
+# Which runtimes make up each --target, and which platform their artifacts ship to.
+TARGET_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "android": ("android", ("tflite", "ncnn")),
+    "tflite": ("android", ("tflite",)),
+    "ncnn": ("android", ("ncnn",)),
+}
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    model: str
+    contract: InputContract
+    target: str = "android"
+    out: Path = Path("out")
+    weights: str | None = None
+    trust_pickle: bool = False
+    calib: str = "builtin"
+    val: str | None = None
+    labels: Path | None = None
+    int8_io: bool = False
+    calibration_samples: int = 120
+    timeout_s: float = 1800.0
+    thresholds: dict[str, ParityThresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+
+    @property
+    def platform(self) -> str:
+        return TARGET_GROUPS[self.target][0]
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return TARGET_GROUPS[self.target][1]
+
+
+# Flags and config keys that are plain values; the contract and thresholds are assembled separately.
+SCALAR_KEYS = ("model", "target", "out", "weights", "trust_pickle", "calib", "val", "labels", "int8_io",
+               "calibration_samples", "timeout_s")
+CONTRACT_KEYS = ("input_shape", "mean", "std", "color", "pixel_scale")
+
+
+def build_spec(flags: dict, config_path: Path | None = None) -> ExportSpec:
+    """flags: values given on the command line (None = not given)."""
+    config = _read_config(config_path) if config_path else {}
+    base = config_path.parent if config_path else Path.cwd()
+    merged = {**config, **{k: v for k, v in flags.items() if v is not None}}
+    unknown = set(config) - set(SCALAR_KEYS) - set(CONTRACT_KEYS) - {"parity"}
+    if unknown:
+        raise InputError(
+            f"unknown keys in {config_path}: {', '.join(sorted(unknown))}",
+            hint=f"known keys: {', '.join(SCALAR_KEYS + CONTRACT_KEYS)} and a [parity.<precision>] table",
+        )
+    for key in ("weights", "calib", "val", "labels", "out"):
+        if key in config and key not in flags_given(flags) and merged.get(key) not in (None, "builtin"):
+            merged[key] = str(base / merged[key]) if not Path(merged[key]).is_absolute() else merged[key]
+    model = merged.get("model", DEFAULT_MODEL)
+    if "model" in config and "model" not in flags_given(flags) and _looks_like_path(model):
+        model = str(base / model)
+    target = merged.get("target", "android")
+    if target not in TARGET_GROUPS:
+        raise InputError(f"unknown target {target!r}", hint=f"choose one of: {', '.join(TARGET_GROUPS)}")
+    scalars = {k: merged[k] for k in SCALAR_KEYS if k in merged}
+    scalars["model"], scalars["target"] = model, target
+    for key in ("out", "labels"):
+        if scalars.get(key) is not None:
+            scalars[key] = Path(scalars[key])
+    return ExportSpec(contract=_contract(merged), thresholds=_thresholds(config.get("parity", {})), **scalars)
+
+
+def flags_given(flags: dict) -> set[str]:
+    return {k for k, v in flags.items() if v is not None}
+
+
+def _looks_like_path(model: str) -> bool:
+    return not model.startswith(("zoo:", "python:"))
+
+
+def _contract(merged: dict) -> InputContract:
+    return InputContract(
+        input_shape=tuple(int(v) for v in merged.get("input_shape", (1, 3, 224, 224))),
+        mean=tuple(float(v) for v in merged.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(float(v) for v in merged.get("std", (0.229, 0.224, 0.225))),
+        color=merged.get("color", "rgb"),
+        pixel_scale=float(merged.get("pixel_scale", 255.0)),
+    )
+
+
+def _thresholds(parity_table: dict) -> dict[str, ParityThresholds]:
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    for precision, overrides in parity_table.items():
+        if precision not in thresholds or not isinstance(overrides, dict):
+            raise InputError(
+                f"[parity.{precision}] is not a known precision table",
+                hint=f"use [parity.fp32], [parity.fp16] or [parity.int8] with cosine / top1_agreement keys",
+            )
+        try:
+            thresholds[precision] = replace(thresholds[precision], **overrides)
+        except TypeError:
+            raise InputError(f"[parity.{precision}] has unknown keys {sorted(overrides)}",
+                             hint="allowed keys: cosine, top1_agreement") from None
+    return thresholds
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist", hint="check the path given to --config")
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise InputError(f"{path} is not valid TOML: {error}", hint="fix the syntax at the line shown") from None
+
+
+def parse_number_list(text: str, what: str, cast=float) -> tuple:
+    try:
+        return tuple(cast(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise InputError(f"{what} {text!r} is not a comma-separated list of numbers",
+                         hint=f"e.g. {what} " + ("1,3,224,224" if cast is int else "0.485,0.456,0.406")) from None

@@ -1,0 +1,122 @@
+"""Real photos for calibration and parity: loading, resizing to the contract, held-out splits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# ImageNet-style evaluation: resize the short side to size / 0.875, then take the center crop.
+CENTER_CROP_FRACTION = 0.875
+BUILTIN_PHOTOS = "builtin"
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    pixels: np.ndarray  # H x W x 3 uint8, RGB
+
+
+def load_photos(source: str | Path) -> list[Photo]:
+    """Photos from a folder of image files, or the built-in sample photos for `builtin`."""
+    if str(source) == BUILTIN_PHOTOS:
+        return builtin_photos()
+    folder = Path(source)
+    if not folder.exists():
+        raise InputError(f"image folder {folder} does not exist", hint="pass a folder of PNG/JPEG photos")
+    if not folder.is_dir():
+        raise InputError(
+            f"{folder} is not a folder of images",
+            hint="pass a folder of PNG/JPEG photos, or a .npy file of images",
+        )
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    image_files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not image_files:
+        raise InputError(
+            f"image folder {folder} contains no images ({len(files)} other files)",
+            hint=f"put real photos ({', '.join(IMAGE_SUFFIXES)}) in it, taken like the ones the app will see",
+        )
+    return [_read_image_file(p) for p in image_files]
+
+
+def _read_image_file(path: Path) -> Photo:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return Photo(path.name, np.asarray(image.convert("RGB"), dtype=np.uint8))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(
+            f"cannot read image {path}: {error}", hint="remove or replace the file; it is not a readable image"
+        ) from None
+
+
+def builtin_photos() -> list[Photo]:
+    """Real photographs that ship inside scikit-image and scikit-learn (no download needed)."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    color = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"]
+    gray = ["camera", "clock", "coins", "brick", "grass", "gravel", "moon", "cell"]
+    photos = [Photo(name, getattr(skimage.data, name)()) for name in color]
+    photos += [Photo(name, np.repeat(getattr(skimage.data, name)()[:, :, None], 3, axis=2)) for name in gray]
+    left, right, _ = skimage.data.stereo_motorcycle()
+    photos += [Photo("motorcycle_left", left), Photo("motorcycle_right", right)]
+    samples = load_sample_images()
+    photos += [Photo(Path(f).name, img) for f, img in zip(samples.filenames, samples.images)]
+    return photos
+
+
+def split_holdout(photos: list[Photo], every: int = 4) -> tuple[list[Photo], list[Photo]]:
+    """Every `every`-th photo is held out for validation, the rest calibrate; both sides non-empty."""
+    if len(photos) < 2:
+        raise InputError(
+            f"only {len(photos)} calibration photo(s): none can be held out to check parity",
+            hint="give at least 2 photos in --calib, or pass a separate --val folder",
+        )
+    held_out = photos[every - 1 :: every] or photos[-1:]
+    held_names = {id(p) for p in held_out}
+    return [p for p in photos if id(p) not in held_names], held_out
+
+
+def resize(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.BILINEAR), dtype=np.uint8)
+
+
+def center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize so the crop covers CENTER_CROP_FRACTION of the short side, then cut the center."""
+    scale = max(height, width) / CENTER_CROP_FRACTION / min(pixels.shape[:2])
+    resized = resize(pixels, max(height, round(pixels.shape[0] * scale)), max(width, round(pixels.shape[1] * scale)))
+    top = (resized.shape[0] - height) // 2
+    left = (resized.shape[1] - width) // 2
+    return resized[top : top + height, left : left + width]
+
+
+def random_crop(pixels: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of 35-100 % of the photo's area, maybe mirrored: more views of a few photos."""
+    rows, cols = pixels.shape[:2]
+    area_fraction = rng.uniform(0.35, 1.0)
+    side_ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    crop_h = int(min(rows, round(np.sqrt(area_fraction * rows * cols / side_ratio))))
+    crop_w = int(min(cols, round(crop_h * side_ratio)))
+    top = int(rng.integers(0, rows - crop_h + 1))
+    left = int(rng.integers(0, cols - crop_w + 1))
+    crop = pixels[top : top + crop_h, left : left + crop_w]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return resize(np.ascontiguousarray(crop), height, width)
+
+
+def photo_views(photos: list[Photo], height: int, width: int, views_per_photo: int, seed: int) -> list[np.ndarray]:
+    """The center crop of every photo, plus views_per_photo - 1 random crops of each (deterministic)."""
+    rng = np.random.default_rng(seed)
+    views = []
+    for photo in photos:
+        views.append(center_crop(photo.pixels, height, width))
+        views += [random_crop(photo.pixels, height, width, rng) for _ in range(views_per_photo - 1)]
+    return views

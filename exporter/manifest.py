@@ -1,0 +1,64 @@
+"""The manifest: what was built, its checksums, its parity, and how to feed it. Written atomically."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from targets.base import Artifact
+from validation.parity import ParityResult
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    artifact: Artifact  # paths are final, inside the model folder
+    platform: str
+    parity: ParityResult
+
+    def to_manifest(self, model_dir: Path) -> dict:
+        files = [file_record(path, model_dir) for path in self.artifact.files]
+        return {
+            "path": files[0]["path"],
+            "target": self.platform,
+            "runtime": self.artifact.runtime,
+            "precision": self.artifact.precision,
+            "sha256": files[0]["sha256"],
+            "bytes": files[0]["bytes"],
+            "files": files,
+            "total_bytes": sum(f["bytes"] for f in files),
+            "parity": self.parity.to_manifest(),
+            "details": self.artifact.details,
+        }
+
+
+def file_record(path: Path, model_dir: Path) -> dict:
+    return {"path": path.relative_to(model_dir).as_posix(), "sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomically(path: Path, content: dict) -> None:
+    """Write to a temporary file next to `path`, then rename: readers never see half a manifest."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(content, stream, indent=2, sort_keys=False)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,146 @@
+"""The ONNX stage: export from PyTorch, simplify, check, and the ONNX Runtime runner."""
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from exporter.contract import InputContract
+from exporter.errors import ConverterError, InputError
+from targets.base import OnnxModel, run_in_chunks
+
+OPSET = 17
+MAX_ONNX_BYTES = 2 * 1024**3  # protobuf's own limit; larger models need external data we do not accept
+
+
+def export_from_torch(module, contract: InputContract, path: Path, log_path: Path) -> None:
+    import torch
+
+    example = torch.zeros(contract.input_shape, dtype=torch.float32)
+    try:
+        with torch.no_grad(), _captured_into(log_path):
+            # dynamo=False: the TorchScript-based exporter handles these CNNs on torch 2.13 without
+            # the extra dependencies (onnxscript) the dynamo exporter needs.
+            torch.onnx.export(
+                module, (example,), str(path), dynamo=False, opset_version=OPSET,
+                input_names=["input"], output_names=["output"], do_constant_folding=True,
+            )
+    except Exception as error:
+        raise ConverterError(
+            f"torch.onnx.export failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+            hint=f"check that the model runs on a {tuple(contract.input_shape)} input; details in {log_path}",
+        ) from None
+
+
+def check_model_runs(module, contract: InputContract) -> None:
+    """Run the model once on the contract's shape so a wrong --input-shape is an input error, not a crash."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            module(torch.zeros(contract.input_shape, dtype=torch.float32))
+    except Exception as error:
+        raise InputError(
+            f"the model does not accept input shape {tuple(contract.input_shape)}: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+            hint="pass the --input-shape the model was trained with (N,C,H,W)",
+        ) from None
+
+
+def copy_onnx_source(source: Path, path: Path) -> None:
+    if source.stat().st_size > MAX_ONNX_BYTES:
+        raise InputError(f"{source} is larger than 2 GiB", hint="mobile models should be far smaller; check the file")
+    shutil.copyfile(source, path)
+
+
+def simplify_and_check(path: Path, log_path: Path) -> None:
+    """onnxsim folds constants and removes export noise; the checker rejects malformed graphs."""
+    import onnx
+    import onnxsim
+
+    model = _load_checked(path)
+    try:
+        with _captured_into(log_path):
+            simplified, valid = onnxsim.simplify(model)
+    except Exception as error:
+        raise ConverterError(f"onnxsim failed: {error}", hint=f"details in {log_path}") from None
+    if not valid:
+        raise ConverterError("onnxsim produced a graph that does not match the original", hint=f"see {log_path}")
+    onnx.save(simplified, str(path))
+    _load_checked(path)
+
+
+def _load_checked(path: Path):
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as error:
+        raise InputError(
+            f"{path.name} is not a valid ONNX model: {type(error).__name__}: {str(error).splitlines()[0][:300]}",
+            hint="re-export the model; the file may be truncated or from an incompatible exporter",
+        ) from None
+    return model
+
+
+def describe(path: Path, contract: InputContract) -> OnnxModel:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise InputError(
+            f"the model has {len(inputs)} inputs and {len(model.graph.output)} outputs",
+            hint="mobile-export handles image models with one input and one output",
+        )
+
+    def dims(value_info) -> tuple[int, ...]:
+        return tuple(d.dim_value if d.dim_value > 0 else -1 for d in value_info.type.tensor_type.shape.dim)
+
+    input_shape = dims(inputs[0])
+    if len(input_shape) != 4 or any(d not in (-1, c) for d, c in zip(input_shape, contract.input_shape)):
+        raise InputError(
+            f"the ONNX input {inputs[0].name!r} has shape {input_shape}, not --input-shape {contract.input_shape}",
+            hint="pass the --input-shape the ONNX model was exported with",
+        )
+    return OnnxModel(path, inputs[0].name, model.graph.output[0].name, tuple(contract.input_shape), dims(model.graph.output[0]))
+
+
+class OnnxRuntimeRunner:
+    def __init__(self, onnx_model: OnnxModel):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 2
+        options.log_severity_level = 3
+        try:
+            self._session = onnxruntime.InferenceSession(str(onnx_model.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:
+            raise ConverterError(f"ONNX Runtime cannot load {onnx_model.path.name}: {error}",
+                                 hint="the graph uses an op ONNX Runtime does not support") from None
+        self._input_name = onnx_model.input_name
+        self._batch = onnx_model.input_shape[0]
+
+    def run(self, batch_nchw: np.ndarray) -> np.ndarray:
+        return run_in_chunks(lambda chunk: self._session.run(None, {self._input_name: chunk})[0], batch_nchw, self._batch)
+
+
+@contextlib.contextmanager
+def _captured_into(log_path: Path):
+    """Keep exporter chatter (warnings, prints) out of the terminal and in the log."""
+    import warnings
+
+    buffer = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, *_: buffer.write(f"{category.__name__}: {message}\n")
+        try:
+            yield
+        finally:
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(buffer.getvalue())

@@ -1,0 +1,18 @@
+"""The target registry: adding a runtime is one module and one line here."""
+from __future__ import annotations
+
+from targets.base import Target
+
+
+def _registry() -> dict[str, Target]:
+    from targets.ncnn import NcnnTarget
+    from targets.tflite import TFLiteTarget
+
+    return {"tflite": TFLiteTarget(), "ncnn": NcnnTarget()}
+
+
+def get_target(name: str) -> Target:
+    targets = _registry()
+    if name not in targets:
+        raise KeyError(f"no target {name!r}; known: {', '.join(targets)}")
+    return targets[name]

@@ -1,0 +1,91 @@
+"""The small interface every runtime target implements, and the values that cross it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from exporter.contract import InputContract
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """The simplified, checked ONNX file every target converts from."""
+
+    path: Path
+    input_name: str
+    output_name: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ConversionJob:
+    """Everything a target needs to convert, shared by all targets of one export."""
+
+    onnx: OnnxModel
+    contract: InputContract
+    calibration: np.ndarray  # N x C x H x W float32, already preprocessed by the contract
+    workdir: Path  # private scratch folder owned by this target; nothing else writes here
+    log_path: Path  # converter output goes here, never to the terminal
+    timeout_s: float = 1800.0
+    int8_io: bool = False  # int8 input/output tensors for full-integer artifacts (else float I/O)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One deployable model file (plus companions, e.g. ncnn's .bin) produced by a target."""
+
+    path: Path
+    runtime: str  # "onnx" | "tflite" | "ncnn" | ...
+    precision: str  # "fp32" | "fp16" | "int8"
+    companions: tuple[Path, ...] = ()
+    details: dict = field(default_factory=dict)  # runtime-specific facts for the manifest
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.path, *self.companions)
+
+    def renamed(self, rename) -> "Artifact":
+        """The same artifact with every file path passed through `rename(old_path) -> new_path`."""
+        return Artifact(
+            path=rename(self.path),
+            runtime=self.runtime,
+            precision=self.precision,
+            companions=tuple(rename(p) for p in self.companions),
+            details=self.details,
+        )
+
+
+class Runner(Protocol):
+    """A loaded artifact. Layout and quantization are the runner's business, not the caller's."""
+
+    def run(self, batch_nchw: np.ndarray) -> np.ndarray:
+        """N x C x H x W float32 (preprocessed) -> N x ... float32 model outputs."""
+        ...
+
+
+class Target(Protocol):
+    name: str  # "tflite"
+    runtime: str  # what the manifest calls its runtime
+
+    def convert(self, job: ConversionJob) -> list[Artifact]:
+        """Write artifacts into job.workdir; raise ConverterError with the log's summary on failure."""
+        ...
+
+    def load(self, artifact: Artifact) -> Runner:
+        ...
+
+    def tool_versions(self) -> dict[str, str]:
+        ...
+
+
+def run_in_chunks(run_fixed_batch, batch_nchw: np.ndarray, model_batch: int) -> np.ndarray:
+    """Feed a model with a fixed batch size `model_batch` any number of samples (N must divide evenly)."""
+    batch_nchw = np.ascontiguousarray(batch_nchw, dtype=np.float32)
+    if len(batch_nchw) % model_batch:
+        raise ValueError(f"{len(batch_nchw)} samples do not split into batches of {model_batch}")
+    outputs = [run_fixed_batch(batch_nchw[i : i + model_batch]) for i in range(0, len(batch_nchw), model_batch)]
+    return np.concatenate(outputs, axis=0).astype(np.float32)

@@ -1,0 +1,85 @@
+"""Fixtures: a small model trained on real handwritten digits, packaged like a user's own code."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DIGIT_SIZE = 32
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def digit_photos(count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's 8x8 handwritten digits as 32x32 RGB uint8 photos (white ink tinted per digit)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images, labels = digits.images[:count], digits.target[:count]
+    photos = []
+    for image in images:
+        gray = Image.fromarray((image / 16.0 * 255).astype(np.uint8)).resize((DIGIT_SIZE, DIGIT_SIZE), Image.BILINEAR)
+        gray = np.asarray(gray, dtype=np.float32)
+        rgb = np.stack([gray, gray * 0.8 + 20, 255 - gray * 0.9], axis=2)
+        photos.append(np.clip(rgb, 0, 255).astype(np.uint8))
+    return np.stack(photos), labels
+
+
+def preprocess(photos: np.ndarray) -> np.ndarray:
+    tensors = (photos.astype(np.float32) / 255.0 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+    return tensors.transpose(0, 3, 1, 2).copy()
+
+
+@pytest.fixture(scope="session")
+def user_package(tmp_path_factory) -> Path:
+    """A folder outside the repository holding my_pkg/my_mod.py with a trained DigitsNet. Returns the folder."""
+    import torch
+
+    root = tmp_path_factory.mktemp("user_code")
+    package = root / "my_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    shutil.copy(REPO / "tests" / "user_model_template.py", package / "my_mod.py")
+    sys.path.insert(0, str(root))
+    try:
+        from my_pkg import my_mod
+    finally:
+        sys.path.remove(str(root))
+    photos, labels = digit_photos()
+    torch.manual_seed(0)
+    model = my_mod.DigitsNet()
+    inputs, targets = torch.from_numpy(preprocess(photos[:1500])), torch.from_numpy(labels[:1500]).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(250):
+        batch = torch.randint(0, len(inputs), (64,))
+        loss = torch.nn.functional.cross_entropy(model(inputs[batch]), targets[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        held_out = model(torch.from_numpy(preprocess(photos[1500:]))).argmax(1).numpy()
+    accuracy = float((held_out == labels[1500:]).mean())
+    assert accuracy > 0.8, f"the digits model did not learn (held-out accuracy {accuracy:.2f})"
+    torch.save(model.state_dict(), package / "digits_net.pt")
+    sys.modules.pop("my_pkg.my_mod", None)
+    sys.modules.pop("my_pkg", None)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digit_photo_folder(tmp_path_factory) -> Path:
+    """60 digit photos as PNG and JPEG files, like a user's calibration folder."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("digit_photos")
+    photos, labels = digit_photos(60)
+    for index, (photo, label) in enumerate(zip(photos, labels)):
+        suffix = "png" if index % 2 else "jpg"
+        Image.fromarray(photo).save(folder / f"digit_{index:03d}_{label}.{suffix}", quality=95)
+    return folder

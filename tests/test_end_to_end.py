@@ -1,0 +1,97 @@
+"""The whole pipeline on a user's trained model that lives outside this repository."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DIGITS_CONTRACT = ["--input-shape", "1,3,32,32", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
+CLI = [sys.executable, "-m", "exporter.cli"]
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([*CLI, "export", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def android_export(user_package, digit_photo_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("android_out")
+    before = sorted(p.name for p in user_package.iterdir())
+    result = run_cli(
+        ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT, "--calib", str(digit_photo_folder),
+         "--target", "android", "--out", str(out)],
+        cwd=user_package,
+    )
+    return result, out / "my_mod", before, user_package
+
+
+def test_android_export_exits_0_with_every_artifact(android_export):
+    result, model_dir, _, _ = android_export
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    produced = {(a["runtime"], a["precision"]) for a in manifest["artifacts"]}
+    assert produced == {("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"),
+                        ("ncnn", "fp32"), ("ncnn", "fp16")}
+    assert manifest["gates_passed"] is True
+    assert all(a["target"] == "android" for a in manifest["artifacts"])
+
+
+def test_manifest_checksums_match_the_files(android_export):
+    _, model_dir, _, _ = android_export
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    for artifact in manifest["artifacts"]:
+        for record in artifact["files"]:
+            data = (model_dir / record["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == record["sha256"] and len(data) == record["bytes"]
+        assert artifact["sha256"] == artifact["files"][0]["sha256"]
+
+
+def test_parity_meets_the_precision_thresholds(android_export):
+    _, model_dir, _, _ = android_export
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    for artifact in manifest["artifacts"]:
+        parity = artifact["parity"]
+        assert parity["passed"], artifact
+        minimum = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}[artifact["precision"]]
+        assert parity["cosine"] >= minimum
+        assert parity["samples"] >= 15
+        if artifact["precision"] == "int8":
+            assert parity["top1_agreement"] >= 0.95
+
+
+def test_manifest_records_the_input_contract_and_tools(android_export):
+    _, model_dir, _, _ = android_export
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["input"]["input_shape"] == [1, 3, 32, 32]
+    assert manifest["input"]["mean"] == [0.5, 0.5, 0.5] and manifest["input"]["std"] == [0.25, 0.25, 0.25]
+    assert manifest["parity_reference"] == "pytorch"
+    for tool in ("torch", "onnx", "onnx2tf", "ncnn", "pnnx", "tensorflow"):
+        assert manifest["tools"].get(tool, "not installed") != "not installed", tool
+
+
+def test_summary_is_printed_and_nothing_is_left_in_the_working_folder(android_export):
+    result, model_dir, before, cwd = android_export
+    assert "my_mod_int8.tflite" in result.stdout and "cosine" in result.stdout
+    after = sorted(p.name for p in cwd.iterdir() if p.name != "__pycache__")
+    assert after == [name for name in before if name != "__pycache__"]
+    assert not list(model_dir.glob(".staging-*"))
+
+
+def test_failed_gate_exits_1_and_names_the_artifact(user_package, digit_photo_folder, tmp_path):
+    config = tmp_path / "export.toml"
+    config.write_text("[parity.fp16]\ncosine = 1.0\n")  # fp16 storage can never be bit-exact
+    result = run_cli(
+        ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT, "--calib", str(digit_photo_folder),
+         "--target", "ncnn", "--out", str(tmp_path / "out"), "--config", str(config)],
+        cwd=user_package,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "parity gate failed" in result.stderr and "ncnn fp16" in result.stderr and "< 1.0" in result.stderr
+    manifest = json.loads((tmp_path / "out" / "my_mod" / "manifest.json").read_text())
+    assert manifest["gates_passed"] is False

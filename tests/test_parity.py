@@ -1,0 +1,49 @@
+import numpy as np
+
+from validation.parity import DEFAULT_THRESHOLDS, ParityThresholds, compare
+
+
+def logits(samples=20, classes=10, seed=0):
+    return np.random.default_rng(seed).normal(size=(samples, classes)).astype(np.float32) * 3
+
+
+def test_identical_outputs_pass_with_perfect_scores():
+    reference = logits()
+    result = compare(reference, reference.copy(), DEFAULT_THRESHOLDS["fp32"])
+    assert result.passed and result.failures == ()
+    assert result.max_abs == 0 and result.cosine == 1.0 and result.top1_agreement == 1.0 and result.top5_overlap == 1.0
+
+
+def test_small_noise_passes_fp16_but_fails_fp32_and_says_by_how_much():
+    reference = logits()
+    noisy = reference + np.random.default_rng(1).normal(scale=0.02, size=reference.shape).astype(np.float32)
+    assert compare(reference, noisy, DEFAULT_THRESHOLDS["fp16"]).passed
+    fp32 = compare(reference, noisy, DEFAULT_THRESHOLDS["fp32"])
+    assert not fp32.passed
+    assert fp32.failures[0].startswith("cosine 0.99") and "< 0.99999" in fp32.failures[0]
+
+
+def test_swapped_top_classes_fail_the_int8_top1_gate():
+    reference = logits(samples=10)
+    candidate = reference.copy()
+    for row in candidate[:2]:  # 2 of 10 samples get a different winner: agreement 0.8 < 0.95
+        first, second = np.argsort(-row)[:2]
+        row[first], row[second] = row[second], row[first]
+    result = compare(reference, candidate, ParityThresholds(cosine=0.5, top1_agreement=0.95))
+    assert result.top1_agreement == 0.8
+    assert not result.passed and any("top-1 agreement 0.800" in f for f in result.failures)
+
+
+def test_nan_outputs_and_shape_mismatch_fail():
+    reference = logits()
+    broken = reference.copy()
+    broken[0, 0] = np.nan
+    assert not compare(reference, broken, DEFAULT_THRESHOLDS["int8"]).passed
+    mismatch = compare(reference, reference[:, :5], DEFAULT_THRESHOLDS["fp32"])
+    assert not mismatch.passed and "shape" in mismatch.failures[0]
+
+
+def test_feature_maps_have_no_ranking_metrics():
+    reference = np.random.default_rng(2).normal(size=(3, 8, 4, 4))
+    result = compare(reference, reference, DEFAULT_THRESHOLDS["fp32"])
+    assert result.passed and result.top1_agreement is None

@@ -1,0 +1,48 @@
+"""A user's own model package, copied outside the repository by the test fixtures.
+
+It stands for code mobile-export has never seen: a small MobileNetV2-style network trained on real
+handwritten digits (scikit-learn's load_digits), whose weights sit next to this module.
+"""
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHTS = Path(__file__).with_name("digits_net.pt")
+
+
+def conv_bn(cin, cout, stride=1, groups=1, kernel=3, act=True):
+    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride, expand=4):
+        super().__init__()
+        hidden = cin * expand
+        self.residual = stride == 1 and cin == cout
+        self.body = nn.Sequential(
+            conv_bn(cin, hidden, kernel=1), conv_bn(hidden, hidden, stride, groups=hidden), conv_bn(hidden, cout, kernel=1, act=False)
+        )
+
+    def forward(self, x):
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class DigitsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(conv_bn(3, 16, 2), Block(16, 16, 1), Block(16, 24, 2), Block(24, 24, 1), Block(24, 32, 2))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def build() -> nn.Module:
+    model = DigitsNet()
+    if WEIGHTS.exists():
+        model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+    return model

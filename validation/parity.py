@@ -1,0 +1,105 @@
+"""Parity: how closely an artifact's outputs follow the reference, and whether that passes the gate."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ParityThresholds:
+    cosine: float  # the mean per-sample cosine similarity must reach this
+    top1_agreement: float | None = None  # fraction of samples whose arg-max matches the reference
+
+
+# Origin: fp32 runtimes differ from PyTorch only by summation order (~1e-6 relative); fp16 storage keeps
+# ~3 decimal digits; int8 with per-channel weights keeps the ranking of a classifier's logits on real photos.
+DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
+    "fp32": ParityThresholds(cosine=0.99999),
+    "fp16": ParityThresholds(cosine=0.999),
+    "int8": ParityThresholds(cosine=0.99, top1_agreement=0.95),
+}
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    samples: int
+    max_abs: float
+    mean_abs: float
+    cosine: float  # mean over samples
+    cosine_min: float
+    top1_agreement: float | None  # None when the output is not a class-score vector
+    top5_overlap: float | None
+    thresholds: ParityThresholds
+    passed: bool
+    failures: tuple[str, ...]  # each failed criterion with the measured value, for the user
+
+    def to_manifest(self) -> dict:
+        record = asdict(self)
+        record["thresholds"] = asdict(self.thresholds)
+        record["failures"] = list(self.failures)
+        return record
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThresholds) -> ParityResult:
+    """Compare N x ... outputs sample by sample."""
+    if reference.shape != candidate.shape:
+        return _shape_mismatch(reference, candidate, thresholds)
+    samples = reference.shape[0]
+    ref = reference.reshape(samples, -1).astype(np.float64)
+    cand = candidate.reshape(samples, -1).astype(np.float64)
+    difference = np.abs(ref - cand)
+    cosines = _cosine_per_sample(ref, cand)
+    top1, top5 = _ranking_agreement(ref, cand) if _is_class_scores(reference) else (None, None)
+    finite = bool(np.isfinite(cand).all())
+    failures = []
+    if not finite:
+        failures.append("outputs contain NaN or Inf")
+    if not cosines.mean() >= thresholds.cosine:
+        failures.append(f"cosine {cosines.mean():.6f} < {thresholds.cosine}")
+    if thresholds.top1_agreement is not None and top1 is not None and top1 < thresholds.top1_agreement:
+        failures.append(f"top-1 agreement {top1:.3f} < {thresholds.top1_agreement}")
+    return ParityResult(
+        samples=samples,
+        max_abs=float(difference.max()),
+        mean_abs=float(difference.mean()),
+        cosine=float(cosines.mean()),
+        cosine_min=float(cosines.min()),
+        top1_agreement=top1,
+        top5_overlap=top5,
+        thresholds=thresholds,
+        passed=not failures,
+        failures=tuple(failures),
+    )
+
+
+def _cosine_per_sample(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    dots = (ref * cand).sum(axis=1)
+    # Two all-zero outputs are identical; one zero and one not share nothing.
+    both_zero = norms == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosines = np.where(both_zero, np.where(np.abs(ref - cand).max(axis=1) == 0, 1.0, 0.0), dots / norms)
+    return np.nan_to_num(cosines, nan=0.0)
+
+
+def _is_class_scores(output: np.ndarray) -> bool:
+    return output.ndim == 2 and output.shape[1] >= 2
+
+
+def _ranking_agreement(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
+    top1 = float((ref.argmax(axis=1) == cand.argmax(axis=1)).mean())
+    k = min(5, ref.shape[1])
+    ref_top = np.argsort(-ref, axis=1)[:, :k]
+    cand_top = np.argsort(-cand, axis=1)[:, :k]
+    overlap = [len(set(r) & set(c)) / k for r, c in zip(ref_top, cand_top)]
+    return top1, float(np.mean(overlap))
+
+
+def _shape_mismatch(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThresholds) -> ParityResult:
+    nan = float("nan")
+    return ParityResult(
+        samples=reference.shape[0], max_abs=nan, mean_abs=nan, cosine=nan, cosine_min=nan,
+        top1_agreement=None, top5_overlap=None, thresholds=thresholds, passed=False,
+        failures=(f"output shape {candidate.shape} differs from the reference {reference.shape}",),
+    )

@@ -1,0 +1,19 @@
+"""The short human summary printed at the end of an export."""
+from __future__ import annotations
+
+
+def summary_lines(report) -> list[str]:
+    header = f"{'artifact':<34} {'runtime':<7} {'prec':<5} {'size':>9} {'cosine':>9} {'top-1':>6} {'max|Δ|':>9}  gate"
+    lines = [f"\nExported to {report.model_dir}", header, "-" * len(header)]
+    for record in report.records:
+        parity = record.parity
+        size_mb = sum(path.stat().st_size for path in record.artifact.files) / 1e6
+        top1 = "-" if parity.top1_agreement is None else f"{parity.top1_agreement:.3f}"
+        lines.append(
+            f"{record.artifact.path.name:<34} {record.artifact.runtime:<7} {record.artifact.precision:<5} "
+            f"{size_mb:>7.2f}MB {parity.cosine:>9.6f} {top1:>6} {parity.max_abs:>9.2e}  "
+            + ("pass" if parity.passed else "FAIL")
+        )
+    samples = report.records[0].parity.samples if report.records else 0
+    lines.append(f"parity on {samples} held-out validation samples; manifest: {report.manifest_path}")
+    return lines
