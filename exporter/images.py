@@ -120,3 +120,14 @@ def photo_views(photos: list[Photo], height: int, width: int, views_per_photo: i
         views.append(center_crop(photo.pixels, height, width))
         views += [random_crop(photo.pixels, height, width, rng) for _ in range(views_per_photo - 1)]
     return views
+
+
+def ten_crop(pixels: np.ndarray, height: int, width: int) -> list[np.ndarray]:
+    """The standard ImageNet ten-crop evaluation: center and four corners of the resized photo, and mirrors."""
+    scale = max(height, width) / CENTER_CROP_FRACTION / min(pixels.shape[:2])
+    resized = resize(pixels, max(height, round(pixels.shape[0] * scale)), max(width, round(pixels.shape[1] * scale)))
+    rows, cols = resized.shape[:2]
+    corners = [((rows - height) // 2, (cols - width) // 2), (0, 0), (0, cols - width), (rows - height, 0),
+               (rows - height, cols - width)]
+    crops = [resized[top : top + height, left : left + width] for top, left in corners]
+    return crops + [np.ascontiguousarray(crop[:, ::-1]) for crop in crops]

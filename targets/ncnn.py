@@ -1,0 +1,141 @@
+"""NCNN target: pnnx converts the ONNX graph to .param/.bin, the ncnn wheel runs them.
+
+pnnx writes several side files (its own .pnnx.param, Python re-creations of the model); every path is
+given explicitly so all of them land in the private work folder and only the ncnn pair is kept.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import ConverterError
+from targets._process import run_converter
+from targets.base import Artifact, ConversionJob
+
+# fp16=1 stores weights as float16 in the .bin (half the size); arithmetic precision is a runtime option.
+STORAGE_PRECISIONS = {"fp32": 0, "fp16": 1}
+
+
+class NcnnTarget:
+    name = "ncnn"
+    runtime = "ncnn"
+
+    def convert(self, job: ConversionJob) -> list[Artifact]:
+        return [self._convert_one(job, precision, flag) for precision, flag in STORAGE_PRECISIONS.items()]
+
+    def _convert_one(self, job: ConversionJob, precision: str, fp16_flag: int) -> Artifact:
+        folder = job.workdir / precision
+        folder.mkdir()
+        source = folder / "model.onnx"
+        shutil.copyfile(job.onnx.path, source)
+        param, weights = folder / "model.ncnn.param", folder / "model.ncnn.bin"
+        shape = ",".join(str(d) for d in job.onnx.input_shape)
+        side_files = {
+            "pnnxparam": "model.pnnx.param", "pnnxbin": "model.pnnx.bin", "pnnxpy": "model_pnnx.py",
+            "pnnxonnx": "model.pnnx.onnx", "ncnnpy": "model_ncnn.py",
+        }
+        run_converter(
+            [_pnnx_executable(), str(source), f"inputshape=[{shape}]", f"fp16={fp16_flag}",
+             f"ncnnparam={param}", f"ncnnbin={weights}", *(f"{key}={folder / name}" for key, name in side_files.items())],
+            cwd=folder, log_path=job.log_path, timeout_s=job.timeout_s, what=f"pnnx ({precision})",
+        )
+        if not param.is_file() or not weights.is_file():
+            raise ConverterError(
+                f"pnnx finished without writing the ncnn {precision} model",
+                hint="the graph likely uses an op ncnn does not support; see the ncnn log in OUT/<model>/logs/",
+            )
+        blobs = read_param(param)
+        return Artifact(
+            path=param, runtime=self.runtime, precision=precision, companions=(weights,),
+            details={"layout": "CHW (no batch axis)", "input_blob": blobs.input_blob, "output_blob": blobs.output_blob,
+                     "ops": blobs.layer_counts},
+        )
+
+    def load(self, artifact: Artifact) -> "NcnnRunner":
+        return NcnnRunner(artifact.path, artifact.companions[0], artifact.precision)
+
+    def tool_versions(self) -> dict[str, str]:
+        return {"pnnx": metadata.version("pnnx"), "ncnn": metadata.version("ncnn")}
+
+
+def _pnnx_executable() -> str:
+    """The pnnx binary installed next to this Python (the wheel ships it as a console script)."""
+    beside_python = Path(sys.executable).with_name("pnnx")
+    found = str(beside_python) if beside_python.is_file() else shutil.which("pnnx")
+    if not found:
+        raise ConverterError("the pnnx converter is not installed", hint="run `make venv` to install the pinned tools")
+    return found
+
+
+class ParamSummary:
+    """What the .param text says: which blob is fed, which is read, and how many layers of each type."""
+
+    def __init__(self, input_blob: str, output_blob: str, layer_counts: dict[str, int]):
+        self.input_blob, self.output_blob, self.layer_counts = input_blob, output_blob, layer_counts
+
+
+def read_param(param: Path) -> ParamSummary:
+    lines = param.read_text(encoding="utf-8", errors="replace").split("\n")
+    if not lines or lines[0].strip() != "7767517":
+        raise ConverterError(f"{param.name} is not an ncnn param file", hint="re-run the export")
+    produced, consumed, counts, inputs = [], set(), {}, []
+    for line in lines[2:]:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        layer_type, bottom_count, top_count = fields[0], int(fields[2]), int(fields[3])
+        bottoms = fields[4 : 4 + bottom_count]
+        tops = fields[4 + bottom_count : 4 + bottom_count + top_count]
+        if layer_type == "Input":
+            inputs += tops
+            continue
+        counts[layer_type] = counts.get(layer_type, 0) + 1
+        consumed.update(bottoms)
+        produced += tops
+    outputs = [blob for blob in produced if blob not in consumed]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ConverterError(
+            f"{param.name} has {len(inputs)} inputs and {len(outputs)} outputs; expected one of each",
+            hint="mobile-export handles image models with one input and one output",
+        )
+    return ParamSummary(inputs[0], outputs[0], dict(sorted(counts.items())))
+
+
+class NcnnRunner:
+    """Feeds ncnn one C x H x W sample at a time and restores the batch axis on the way out."""
+
+    def __init__(self, param: Path, weights: Path, precision: str, threads: int = 2):
+        import ncnn
+
+        self._net = ncnn.Net()
+        options = self._net.opt
+        options.num_threads = threads
+        # An fp32 artifact must compute in fp32 here, whatever this host's CPU could shortcut; an fp16 artifact
+        # runs as on an ARMv8.2 phone: fp16 storage and arithmetic.
+        half = precision == "fp16"
+        options.use_fp16_packed = half
+        options.use_fp16_storage = half
+        options.use_fp16_arithmetic = half
+        options.use_bf16_storage = False
+        options.use_vulkan_compute = False
+        if self._net.load_param(str(param)) != 0 or self._net.load_model(str(weights)) != 0:
+            raise ConverterError(f"ncnn cannot load {param.name} / {weights.name}", hint="the files are damaged; re-export")
+        summary = read_param(param)
+        self._input_blob, self._output_blob = summary.input_blob, summary.output_blob
+
+    def run(self, batch_nchw: np.ndarray) -> np.ndarray:
+        import ncnn
+
+        outputs = []
+        for sample in np.ascontiguousarray(batch_nchw, dtype=np.float32):
+            extractor = self._net.create_extractor()
+            extractor.input(self._input_blob, ncnn.Mat(np.ascontiguousarray(sample)).clone())
+            status, result = extractor.extract(self._output_blob)
+            if status != 0:
+                raise ConverterError(f"ncnn failed to compute {self._output_blob} (code {status})", hint="re-export")
+            outputs.append(np.array(result, dtype=np.float32))
+        return np.stack(outputs)
