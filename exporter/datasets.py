@@ -8,7 +8,7 @@ import numpy as np
 
 from exporter.contract import InputContract
 from exporter.errors import InputError
-from exporter.images import Photo, load_photos, photo_views, split_holdout
+from exporter.images import BUILTIN_PHOTOS, Photo, load_photos, photo_views, split_builtin, split_holdout, ten_crop
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,6 @@ class DatasetPlan:
     calibration_source: str  # folder, .npy, or "builtin"
     validation_source: str | None  # None: hold out part of the calibration photos
     calibration_samples: int = 120  # augmented crops fill up to this many when photos are few
-    validation_views: int = 8  # views (center + random crops) per held-out photo
     seed: int = 0
 
 
@@ -37,17 +36,14 @@ def build_datasets(plan: DatasetPlan, contract: InputContract) -> Datasets:
 
     photos = load_photos(plan.calibration_source)
     if plan.validation_source is None:
-        calibration_photos, validation_photos = split_holdout(photos)
+        split = split_builtin if str(plan.calibration_source) == BUILTIN_PHOTOS else split_holdout
+        calibration_photos, validation_photos = split(photos)
     else:
         calibration_photos = photos
         validation_photos = None if validation_npy is not None else load_photos(plan.validation_source)
     views_per_photo = max(1, -(-plan.calibration_samples // len(calibration_photos)))
     calibration = _tensors(calibration_photos, contract, views_per_photo, plan.seed)
-    validation = (
-        validation_npy
-        if validation_npy is not None
-        else _tensors(validation_photos, contract, plan.validation_views, plan.seed + 1)
-    )
+    validation = validation_npy if validation_npy is not None else _ten_crop_tensors(validation_photos, contract)
     description = _describe(plan, len(calibration), len(validation), plan.validation_source is None)
     description["calibration_photos"] = [p.name for p in calibration_photos]
     if validation_photos is not None:
@@ -57,6 +53,12 @@ def build_datasets(plan: DatasetPlan, contract: InputContract) -> Datasets:
 
 def _tensors(photos: list[Photo], contract: InputContract, views_per_photo: int, seed: int) -> np.ndarray:
     views = photo_views(photos, contract.height, contract.width, views_per_photo, seed)
+    return np.stack([contract.preprocess(view) for view in views])
+
+
+def _ten_crop_tensors(photos: list[Photo], contract: InputContract) -> np.ndarray:
+    """Validation views follow the standard ImageNet ten-crop protocol: deterministic, no random crops."""
+    views = [view for photo in photos for view in ten_crop(photo.pixels, contract.height, contract.width)]
     return np.stack([contract.preprocess(view) for view in views])
 
 

@@ -141,8 +141,14 @@ def _torch_outputs(module, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
 
 def _measure(artifact: Artifact, runner: Runner, reference: np.ndarray, datasets: Datasets, spec: ExportSpec):
     outputs = runner.run(datasets.validation)
-    return artifact, compare(reference, outputs.reshape(reference.shape) if outputs.size == reference.size else outputs,
-                             spec.thresholds[artifact.precision])
+    # Runtimes may keep or drop unit axes (N x 1000 x 1 x 1 vs N x 1000); layouts are the runner's job.
+    if outputs.shape != reference.shape and _squeezed(outputs.shape) == _squeezed(reference.shape):
+        outputs = outputs.reshape(reference.shape)
+    return artifact, compare(reference, outputs, spec.thresholds[artifact.precision])
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
 
 
 def _onnx_artifact(onnx_model: OnnxModel) -> Artifact:
