@@ -105,6 +105,7 @@ def _write_request(job: ConversionJob, int8_onnx: Path) -> Path:
         "int8_onnx": str(int8_onnx),
         "calibration": str(job.workdir / "calibration_nhwc.npy"),
         "int8_io": job.int8_io,
+        "float_ops": list(FLOAT_OPS),
     }
     path = job.workdir / "request.json"
     path.write_text(json.dumps(request))
@@ -204,7 +205,7 @@ def _child_main(request_path: Path) -> None:
         int8_saved_model = workdir / "saved_model_int8"
         _run_onnx2tf(Path(request["int8_onnx"]), int8_saved_model)
     calibration = np.load(request["calibration"])
-    int8_model = _quantize_int8(int8_saved_model, calibration, request["int8_io"])
+    int8_model = _quantize_int8(int8_saved_model, calibration, request["int8_io"], request["float_ops"])
     (workdir / FILE_FOR_PRECISION["int8"]).write_bytes(int8_model)
 
 
@@ -221,7 +222,7 @@ def _run_onnx2tf(onnx_path: Path, saved_model: Path) -> None:
     )
 
 
-def _quantize_int8(saved_model: Path, calibration_nhwc: np.ndarray, int8_io: bool) -> bytes:
+def _quantize_int8(saved_model: Path, calibration_nhwc: np.ndarray, int8_io: bool, float_ops: list[str]) -> bytes:
     """Full-integer int8: per-channel weights, activation ranges fitted to the user's photos.
 
     TensorFlow's own calibration takes each activation's min/max, which a few outlier pixels stretch: on
@@ -241,11 +242,13 @@ def _quantize_int8(saved_model: Path, calibration_nhwc: np.ndarray, int8_io: boo
     tuned = _fit_activation_ranges(calibrated, calibration_nhwc)
     io_type = tf.int8 if int8_io else tf.float32
     quantized = tflite_convert.mlir_quantize(
-        tuned, disable_per_channel=False, input_data_type=io_type, output_data_type=io_type
+        tuned, disable_per_channel=False, input_data_type=io_type, output_data_type=io_type,
+        denylisted_ops=list(float_ops) or None,
     )
     return correct_biases(quantized, calibrated, calibration_nhwc[:: max(1, len(calibration_nhwc) // BIAS_SAMPLES)])
 
 
+FLOAT_OPS: tuple[str, ...] = ()
 HISTOGRAM_BINS = 2048
 RANGE_FRACTIONS = np.linspace(0.25, 1.0, 61)
 

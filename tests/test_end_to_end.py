@@ -95,3 +95,37 @@ def test_failed_gate_exits_1_and_names_the_artifact(user_package, digit_photo_fo
     assert "parity gate failed" in result.stderr and "ncnn fp16" in result.stderr and "< 1.0" in result.stderr
     manifest = json.loads((tmp_path / "out" / "my_mod" / "manifest.json").read_text())
     assert manifest["gates_passed"] is False
+
+
+@pytest.mark.parametrize("form", ["torchscript", "exported_program", "onnx"])
+def test_other_model_file_forms_export_to_ncnn_with_parity(form, user_package, digit_photo_folder, tmp_path):
+    import torch
+
+    sys.path.insert(0, str(user_package))
+    try:
+        from my_pkg import my_mod
+
+        model = my_mod.build().eval()
+    finally:
+        sys.path.remove(str(user_package))
+    example = torch.zeros(1, 3, 32, 32)
+    if form == "torchscript":
+        source = tmp_path / "digits.pt"
+        torch.jit.save(torch.jit.trace(model, example), str(source))
+    elif form == "exported_program":
+        source = tmp_path / "digits.pt2"
+        torch.export.save(torch.export.export(model, (example,)), str(source))
+    else:
+        source = tmp_path / "digits.onnx"
+        torch.onnx.export(model, (example,), str(source), dynamo=False, opset_version=17)
+    result = run_cli(
+        ["--model", str(source), *DIGITS_CONTRACT, "--calib", str(digit_photo_folder), "--target", "ncnn",
+         "--out", str(tmp_path / "out")],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "digits" / "manifest.json").read_text())
+    assert {a["runtime"] for a in manifest["artifacts"]} == {"onnx", "ncnn"}
+    assert all(a["parity"]["passed"] for a in manifest["artifacts"])
+    expected_reference = "onnxruntime on the source ONNX file" if form == "onnx" else "pytorch"
+    assert manifest["parity_reference"] == expected_reference
