@@ -87,5 +87,10 @@ def _guarded(run, debug: bool) -> int:
     except KeyboardInterrupt:
         _echo_err("interrupted: earlier artifacts and manifest are left as they were")
         return 130
+    except Exception as error:  # a bug of ours or of a library: must not pass for a failed gate (exit 1)
+        traceback.print_exc()
+        _echo_err(f"error: unexpected {type(error).__name__} in mobile-export: {error}")
+        _echo_err("  fix: nothing was published for the failing stage; please report this with the traceback above")
+        return EXIT_CONVERTER
 if __name__ == "__main__":
     main()

@@ -30,6 +30,3 @@ class GateFailed(MobileExportError):
 
     exit_code = 1
 
-
-class InternalError(Exception):
-    """A bug in mobile-export itself, never the user's fault: shown with a traceback."""

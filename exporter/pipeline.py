@@ -19,7 +19,7 @@ from exporter.manifest import MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, wri
 from exporter.progress import StageClock
 from exporter.sources import LoadedModel, load_model
 from targets import get_target
-from targets.base import Artifact, ConversionJob, OnnxModel, Runner
+from targets.base import Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
 from validation.parity import ParityResult, compare
 
 LABELS_NAME = "labels.txt"
@@ -118,7 +118,8 @@ def _onnx_stage(spec, loaded: LoadedModel, datasets: Datasets, staging: Path, lo
         onnx_model = onnx_stage.describe(onnx_path, spec.contract)
     with clock.stage("reference outputs"):
         if loaded.module is not None:
-            reference, reference_name = _torch_outputs(loaded.module, datasets.validation), "pytorch"
+            reference = _torch_outputs(loaded.module, datasets.validation, spec.contract.input_shape[0])
+            reference_name = "pytorch"
         else:
             # With an ONNX source there is no PyTorch model: the unsimplified original is the reference.
             original = OnnxModel(loaded.onnx_path, onnx_model.input_name, onnx_model.output_name,
@@ -128,15 +129,15 @@ def _onnx_stage(spec, loaded: LoadedModel, datasets: Datasets, staging: Path, lo
     return onnx_model, reference, reference_name
 
 
-def _torch_outputs(module, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
+def _torch_outputs(module, samples: np.ndarray, model_batch: int) -> np.ndarray:
+    """Run at the contract's batch size: traced and exported programs may be specialized to it."""
     import torch
 
-    outputs = []
+    def run_fixed_batch(batch: np.ndarray) -> np.ndarray:
+        return module(torch.from_numpy(batch)).detach().float().numpy()
+
     with torch.no_grad():
-        for start in range(0, len(batch), chunk):
-            result = module(torch.from_numpy(batch[start : start + chunk]))
-            outputs.append(result.detach().float().numpy())
-    return np.concatenate(outputs, axis=0)
+        return run_in_chunks(run_fixed_batch, samples, model_batch)
 
 
 def _measure(artifact: Artifact, runner: Runner, reference: np.ndarray, datasets: Datasets, spec: ExportSpec):

@@ -135,9 +135,12 @@ def _load_exported_program(path: Path):
     import torch
 
     try:
-        return torch.export.load(str(path)).module()
+        graph_module = torch.export.load(str(path)).module()
     except Exception as error:
         raise InputError(f"cannot load ExportedProgram {path}: {error}", hint="save it with torch.export.save") from None
+    from exporter.exported_program import ExportedProgramModule
+
+    return ExportedProgramModule(graph_module)
 
 
 def _finish(name, source, module, weights, trust_pickle, labels) -> LoadedModel:
