@@ -62,7 +62,7 @@ def run_export(spec: ExportSpec, clock: StageClock) -> ExportReport:
     logs_dir = model_dir / "logs"
     logs_dir.mkdir(exist_ok=True)
     # Staging lives inside the model folder so the final renames stay on one file system (atomic).
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir)).resolve()  # converters run in other cwds
     try:
         return _export_into(spec, loaded, labels, datasets, model_dir, staging, logs_dir, clock)
     finally:

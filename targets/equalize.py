@@ -82,24 +82,12 @@ def _scales(peak: np.ndarray, clip_top: float, depthwise: bool) -> np.ndarray:
 
 def _channel_peaks(model, tensor_names: list[str], samples: np.ndarray, absolute: bool = False) -> list[np.ndarray]:
     """The largest value (or magnitude) each channel of each named tensor reaches over the samples."""
-    import onnx
-    import onnxruntime
+    from targets.onnx_probe import inner_tensors
 
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    existing = {output.name for output in probe.graph.output}
-    for name in tensor_names:
-        if name not in existing:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    batch = session.get_inputs()[0].shape[0] if isinstance(session.get_inputs()[0].shape[0], int) else 1
     peaks = [None] * len(tensor_names)
-    for start in range(0, len(samples) - batch + 1, batch):
-        results = session.run(tensor_names, {input_name: samples[start : start + batch].astype(np.float32)})
-        for index, result in enumerate(results):
-            result = np.abs(result) if absolute else result
+    for values in inner_tensors(model, tensor_names, samples):
+        for index, name in enumerate(tensor_names):
+            result = np.abs(values[name]) if absolute else values[name]
             channel_max = result.max(axis=(0, 2, 3)) if result.ndim == 4 else result.max(axis=0)
             peaks[index] = channel_max if peaks[index] is None else np.maximum(peaks[index], channel_max)
     return peaks

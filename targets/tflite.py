@@ -32,7 +32,7 @@ class TFLiteTarget:
     runtime = "tflite"
 
     def convert(self, job: ConversionJob) -> list[Artifact]:
-        int8_onnx, equalized_pairs = _int8_ready_onnx(job)
+        int8_onnx, preparation = _int8_ready_onnx(job)
         request = _write_request(job, int8_onnx)
         run_python_module(
             "targets.tflite", [str(request)], cwd=job.workdir, log_path=job.log_path, timeout_s=job.timeout_s,
@@ -42,8 +42,8 @@ class TFLiteTarget:
         )
         int8_recipe = {
             "activation_ranges": "mse-optimal per tensor (histogram of the calibration photos)",
-            "weights": "per-channel symmetric int8",
-            "equalized_layer_pairs": equalized_pairs,
+            "weights": "per-channel symmetric int8, rounded to minimize each layer's output error (GPTQ)",
+            **preparation,
             "bias_correction": "empirical, layer by layer",
             "io": "int8" if job.int8_io else "float32",
             "calibration_samples": int(len(job.calibration)),
@@ -78,21 +78,22 @@ def _repo_root_for_child() -> str:
     return here + (os.pathsep + existing if existing else "")
 
 
-def _int8_ready_onnx(job: ConversionJob) -> tuple[Path, int]:
-    """The ONNX graph the int8 model is quantized from: activation ranges equalized where that is safe."""
+def _int8_ready_onnx(job: ConversionJob) -> tuple[Path, dict]:
+    """The ONNX graph the int8 model is quantized from: activation ranges equalized where that is exact
+    enough, then every convolution's weights rounded onto the int8 grid with calibration-aware rounding."""
     import onnx
 
     from targets.equalize import equalize_activation_ranges
+    from targets.weight_rounding import round_weights_to_int8_grid
 
     equalized, pairs = equalize_activation_ranges(onnx.load(str(job.onnx.path)), job.calibration)
-    if not pairs:
-        return job.onnx.path, 0
+    rounded, layers = round_weights_to_int8_grid(equalized, job.calibration)
     # A folder of its own: onnx2tf names its outputs after the input file and writes beside its output.
     folder = job.workdir / "int8_source"
     folder.mkdir()
     path = folder / "model.onnx"
-    onnx.save(equalized, str(path))
-    return path, len(pairs)
+    onnx.save(rounded, str(path))
+    return path, {"equalized_layer_pairs": len(pairs), "grid_rounded_layers": len(layers)}
 
 
 def _write_request(job: ConversionJob, int8_onnx: Path) -> Path:

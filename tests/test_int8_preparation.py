@@ -66,3 +66,84 @@ def test_mse_range_is_narrower_than_min_max_on_a_long_tail_and_quantizes_it_bett
         return float(np.mean((np.clip(np.round(values / step), 0, 255) * step - values) ** 2))
 
     assert int8_error(fitted_high) < 0.7 * int8_error(high)
+
+
+def conv_outputs_with_weights(model: onnx.ModelProto, batch: np.ndarray) -> list[np.ndarray]:
+    """Every Conv's output, so each layer's rounding error can be judged on its own."""
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    for node in probe.graph.node:
+        if node.op_type == "Conv":
+            probe.graph.output.append(onnx.ValueInfoProto(name=node.output[0]))
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [node.output[0] for node in probe.graph.node if node.op_type == "Conv"]
+    per_sample = [session.run(names, {session.get_inputs()[0].name: sample[None]}) for sample in batch]
+    return [np.concatenate(outputs) for outputs in zip(*per_sample)]
+
+
+def nearest_rounded(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnx import numpy_helper
+
+    from targets.weight_rounding import channel_scales
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    conv_weights = {node.input[1] for node in model.graph.node if node.op_type == "Conv"}
+    for init in model.graph.initializer:
+        if init.name in conv_weights:
+            weights = numpy_helper.to_array(init)
+            scales = channel_scales(weights)
+            init.CopyFrom(numpy_helper.from_array((np.round(weights / scales) * scales).astype(np.float32), init.name))
+    return model
+
+
+def photo_batch(count: int, seed: int, size: int = 8) -> np.ndarray:
+    """Real image statistics (neighbouring pixels correlate), which is what makes smart rounding pay."""
+    from exporter.images import builtin_photos, random_crop
+
+    photos = [photo for photo in builtin_photos() if photo.pixels.std() > 20]
+    rng = np.random.default_rng(seed)
+    crops = [random_crop(photos[i % len(photos)].pixels, size, size, rng) for i in range(count)]
+    return (np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - 0.5) / 0.25
+
+
+def test_weight_rounding_lands_on_tflites_grid_and_beats_nearest_rounding(tmp_path):
+    from onnx import numpy_helper
+
+    from targets.weight_rounding import LEVELS, channel_scales, round_weights_to_int8_grid
+
+    model = to_onnx(skewed_chain(nn.ReLU6()), tmp_path / "chain.onnx")
+    calibration, held_out = photo_batch(64, seed=0), photo_batch(32, seed=1)
+    rounded, layers = round_weights_to_int8_grid(model, calibration)
+    assert [layer.depthwise for layer in layers] == [False, True, False]
+
+    originals = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for init in rounded.graph.initializer:
+        if init.name in {node.input[1] for node in rounded.graph.node if node.op_type == "Conv"}:
+            weights, scales = numpy_helper.to_array(init), channel_scales(originals[init.name])
+            steps = weights / scales
+            np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # on the grid ...
+            np.testing.assert_allclose(np.abs(steps).reshape(len(steps), -1).max(axis=1), LEVELS, atol=1e-3)
+            np.testing.assert_allclose(channel_scales(weights), scales, rtol=1e-6)  # ... TFLite will derive
+
+    exact = conv_outputs_with_weights(model, held_out)
+    ours = conv_outputs_with_weights(rounded, held_out)
+    nearest = conv_outputs_with_weights(nearest_rounded(model), held_out)
+    # judged on photos it did not see, layer by layer on the float inputs each layer received
+    ours_error = np.mean((ours[-1] - exact[-1]) ** 2)
+    nearest_error = np.mean((nearest[-1] - exact[-1]) ** 2)
+    assert ours_error < 0.8 * nearest_error
+
+
+def test_inner_tensors_returns_the_samples_for_the_graph_input(tmp_path):
+    from targets.onnx_probe import inner_tensors
+
+    model = to_onnx(skewed_chain(nn.ReLU()), tmp_path / "chain.onnx")
+    samples = photo_batch(3, seed=2)
+    input_name = model.graph.input[0].name
+    first_conv_output = next(n for n in model.graph.node if n.op_type == "Conv").output[0]
+    batches = list(inner_tensors(model, [input_name, first_conv_output], samples))
+    assert len(batches) == 3
+    for sample, values in zip(samples, batches):
+        np.testing.assert_array_equal(values[input_name], sample[None])
+        assert values[first_conv_output].shape == (1, 8, 8, 8)
