@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from exporter.config import TARGET_GROUPS
 from exporter.errors import GateFailed, MobileExportError
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_CONVERTER = 0, 1, 2, 3
@@ -33,7 +34,7 @@ def main() -> None:
 @click.option("--calib", help="folder of photos or .npy for int8 calibration (default: built-in sample photos)")
 @click.option("--val", help="folder of photos or .npy for parity (default: held-out part of --calib)")
 @click.option("--labels", help="text file with one class name per output, in order")
-@click.option("--target", type=click.Choice(["android", "tflite", "ncnn"]), help="what to build (default android)")
+@click.option("--target", type=click.Choice(list(TARGET_GROUPS)), help="what to build (default android)")
 @click.option("--out", help="output folder (default out); artifacts go to OUT/<model>/")
 @click.option("--int8-io", is_flag=True, default=None, help="int8 input/output tensors for int8 artifacts")
 @click.option("--timeout", "timeout_s", type=float, help="seconds each converter may take (default 1800)")
@@ -53,6 +54,32 @@ def export(config_path: Path | None, debug: bool, **flags) -> None:
         return _export(spec)
 
     sys.exit(_guarded(run, debug))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of a table")
+def models(as_json: bool) -> None:
+    """List the zoo models with parameters, MACs, input size, final feature map and receptive field."""
+    import json
+
+    from exporter.model_stats import model_stats
+    from exporter.zoo import ZOO
+
+    rows = []
+    for entry in ZOO.values():
+        stats = model_stats(entry.build(), entry.input_shape)
+        rows.append({"name": entry.name, "pretrained": entry.pretrained_weights is not None, **stats.as_dict()})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'model':<24} {'params':>8} {'MACs':>8} {'input':>9} {'final map':>14} {'RF':>5} {'stride':>6}")
+    for row in rows:
+        final_map = "x".join(str(v) for v in row["final_feature_map"] or ()) or "-"
+        size = "x".join(str(v) for v in row["input_shape"][2:])
+        click.echo(
+            f"{row['name']:<24} {row['params'] / 1e6:>7.2f}M {row['macs'] / 1e6:>7.1f}M {size:>9} {final_map:>14} "
+            f"{row['receptive_field'] or '-':>5} {row['output_stride'] or '-':>6}"
+        )
 
 
 def _export(spec) -> int:

@@ -15,7 +15,12 @@ TARGET_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "android": ("android", ("tflite", "ncnn")),
     "tflite": ("android", ("tflite",)),
     "ncnn": ("android", ("ncnn",)),
+    "ios": ("ios", ("coreml",)),
+    "coreml": ("ios", ("coreml",)),
+    "all": ("all", ("tflite", "ncnn", "coreml")),
 }
+# The platform each runtime's artifacts ship to, whatever group asked for them.
+RUNTIME_PLATFORMS: dict[str, str] = {"tflite": "android", "ncnn": "android", "coreml": "ios"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,9 @@ class ExportSpec:
     @property
     def target_names(self) -> tuple[str, ...]:
         return TARGET_GROUPS[self.target][1]
+
+    def platform_of(self, target_name: str) -> str:
+        return RUNTIME_PLATFORMS.get(target_name, self.platform)
 
 
 # Flags and config keys that are plain values; the contract and thresholds are assembled separately.

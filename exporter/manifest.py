@@ -38,10 +38,22 @@ class ArtifactRecord:
 
 
 def file_record(path: Path, model_dir: Path) -> dict:
-    return {"path": path.relative_to(model_dir).as_posix(), "sha256": sha256_of(path), "bytes": path.stat().st_size}
+    return {"path": path.relative_to(model_dir).as_posix(), "sha256": sha256_of(path), "bytes": size_of(path)}
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def sha256_of(path: Path) -> str:
+    """A file's SHA-256; for a folder (a Core ML .mlpackage), the SHA-256 of the lines
+    "<sha256 of file>  <path relative to the folder>" for every file in it, sorted by path."""
+    if path.is_dir():
+        lines = "".join(f"{sha256_of(file)}  {file.relative_to(path).as_posix()}\n"
+                        for file in sorted(p for p in path.rglob("*") if p.is_file()))
+        return hashlib.sha256(lines.encode("utf-8")).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

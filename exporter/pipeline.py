@@ -72,9 +72,10 @@ def run_export(spec: ExportSpec, clock: StageClock) -> ExportReport:
 def _export_into(spec, loaded, labels, datasets, model_dir, staging, logs_dir, clock) -> ExportReport:
     onnx_model, reference, reference_name = _onnx_stage(spec, loaded, datasets, staging, logs_dir, clock)
     _check_labels(labels, reference)
-    measured: list[tuple[Artifact, ParityResult]] = []
+    measured: list[tuple[Artifact, ParityResult, str]] = []  # artifact, parity, platform
     with clock.stage("parity onnx fp32"):
-        measured.append(_measure(_onnx_artifact(onnx_model), onnx_stage.OnnxRuntimeRunner(onnx_model), reference, datasets, spec))
+        onnx_runner = onnx_stage.OnnxRuntimeRunner(onnx_model)
+        measured.append((*_measure(_onnx_artifact(onnx_model), onnx_runner, reference, datasets, spec), spec.platform))
     tool_versions = _base_tool_versions()
     for target_name in spec.target_names:
         target = get_target(target_name)
@@ -83,18 +84,20 @@ def _export_into(spec, loaded, labels, datasets, model_dir, staging, logs_dir, c
         job = ConversionJob(
             onnx=onnx_model, contract=spec.contract, calibration=datasets.calibration, workdir=workdir,
             log_path=logs_dir / f"{target_name}.log", timeout_s=spec.timeout_s, int8_io=spec.int8_io,
+            torch_module=loaded.module,
         )
         with clock.stage(f"convert {target_name}"):
             artifacts = target.convert(job)
         tool_versions.update(target.tool_versions())
         for artifact in artifacts:
             with clock.stage(f"parity {artifact.runtime} {artifact.precision}"):
-                measured.append(_measure(artifact, target.load(artifact), reference, datasets, spec))
-                clock.note(_parity_line(artifact, measured[-1][1]))
+                runner = target.load(artifact)
+                measured.append((*_measure(artifact, runner, reference, datasets, spec), spec.platform_of(target_name)))
+                clock.note(_parity_line(artifact, measured[-1][1], getattr(runner, "evaluator", None)))
     with clock.stage("write artifacts and manifest"):
         records = tuple(
-            ArtifactRecord(_publish(artifact, model_dir, loaded.name), spec.platform, parity)
-            for artifact, parity in measured
+            ArtifactRecord(_publish(artifact, model_dir, loaded.name), platform, parity)
+            for artifact, parity, platform in measured
         )
         if labels:
             (model_dir / LABELS_NAME).write_text("\n".join(labels) + "\n", encoding="utf-8")
@@ -168,6 +171,8 @@ def _publish(artifact: Artifact, model_dir: Path, model_name: str) -> Artifact:
 
     published = artifact.renamed(final_path)
     for staged, final in zip(artifact.files, published.files):
+        if final.is_dir():  # an .mlpackage is a folder: a rename cannot replace a non-empty one
+            shutil.rmtree(final)
         os.replace(staged, final)
     return published
 
@@ -212,10 +217,11 @@ def _base_tool_versions() -> dict[str, str]:
     return versions
 
 
-def _parity_line(artifact: Artifact, parity: ParityResult) -> str:
+def _parity_line(artifact: Artifact, parity: ParityResult, evaluator: str | None = None) -> str:
     top1 = "" if parity.top1_agreement is None else f", top-1 agreement {parity.top1_agreement:.3f}"
     verdict = "passed" if parity.passed else "FAILED: " + "; ".join(parity.failures)
-    return f"{artifact.runtime} {artifact.precision}: cosine {parity.cosine:.6f}{top1} — {verdict}"
+    run_by = f" (run by the {evaluator} evaluator)" if evaluator else ""
+    return f"{artifact.runtime} {artifact.precision}: cosine {parity.cosine:.6f}{top1}{run_by} — {verdict}"
 
 
 def _manifest(spec, loaded, labels, datasets, onnx_model, reference_name, records, tool_versions, model_dir, seconds):

@@ -5,10 +5,11 @@ from targets.base import Target
 
 
 def _registry() -> dict[str, Target]:
+    from targets.coreml import CoreMLTarget
     from targets.ncnn import NcnnTarget
     from targets.tflite import TFLiteTarget
 
-    return {"tflite": TFLiteTarget(), "ncnn": NcnnTarget()}
+    return {"tflite": TFLiteTarget(), "ncnn": NcnnTarget(), "coreml": CoreMLTarget()}
 
 
 def get_target(name: str) -> Target:

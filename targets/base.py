@@ -32,6 +32,7 @@ class ConversionJob:
     log_path: Path  # converter output goes here, never to the terminal
     timeout_s: float = 1800.0
     int8_io: bool = False  # int8 input/output tensors for full-integer artifacts (else float I/O)
+    torch_module: object | None = None  # the eval-mode torch.nn.Module, for targets that convert from PyTorch
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """The short human summary printed at the end of an export."""
 from __future__ import annotations
 
+from exporter.manifest import size_of
+
 
 def summary_lines(report) -> list[str]:
     header = f"{'artifact':<34} {'runtime':<7} {'prec':<5} {'size':>9} {'cosine':>9} {'top-1':>6} {'max|Δ|':>9}  gate"
     lines = [f"\nExported to {report.model_dir}", header, "-" * len(header)]
     for record in report.records:
         parity = record.parity
-        size_mb = sum(path.stat().st_size for path in record.artifact.files) / 1e6
+        size_mb = sum(size_of(path) for path in record.artifact.files) / 1e6
         top1 = "-" if parity.top1_agreement is None else f"{parity.top1_agreement:.3f}"
         lines.append(
             f"{record.artifact.path.name:<34} {record.artifact.runtime:<7} {record.artifact.precision:<5} "

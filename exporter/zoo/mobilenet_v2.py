@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from exporter.zoo._blocks import make_divisible
+
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
 INVERTED_RESIDUAL_SETTING = (
     (1, 16, 1, 1),
@@ -17,14 +19,6 @@ INVERTED_RESIDUAL_SETTING = (
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 )
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round channels to a multiple of `divisor` without dropping more than 10 %, as torchvision does."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
 
 
 class ConvBNActivation(nn.Sequential):

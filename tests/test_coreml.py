@@ -1,0 +1,196 @@
+"""Core ML (iOS): export through the CLI, and proof that the reference evaluator really runs the program."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter.config import build_spec
+from exporter.contract import InputContract
+from exporter.errors import ConverterError, InputError
+from tests.test_contract_and_config import NO_FLAGS
+from tests.test_end_to_end import DIGITS_CONTRACT, run_cli
+
+EXPECTED_EVALUATOR = "coreml-runtime" if sys.platform == "darwin" else "reference"
+
+
+def _digits_module(user_package: Path):
+    sys.path.insert(0, str(user_package))
+    try:
+        from my_pkg import my_mod
+
+        return my_mod.build().eval()
+    finally:
+        sys.path.remove(str(user_package))
+        sys.modules.pop("my_pkg.my_mod", None)
+        sys.modules.pop("my_pkg", None)
+
+
+def _digit_tensors(count: int = 40) -> np.ndarray:
+    from tests.conftest import digit_photos, preprocess
+
+    photos, _ = digit_photos(1797)
+    return preprocess(photos[-count:])  # the fixture trained on the first 1500
+
+
+@pytest.fixture(scope="module")
+def ios_export(user_package, digit_photo_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ios_out")
+    result = run_cli(
+        ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT, "--calib", str(digit_photo_folder),
+         "--target", "ios", "--out", str(out)],
+        cwd=user_package,
+    )
+    return result, out / "my_mod"
+
+
+def test_ios_export_builds_three_mlpackages_whose_parity_the_evaluator_computed(ios_export):
+    result, model_dir = ios_export
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    coreml = {a["precision"]: a for a in manifest["artifacts"] if a["runtime"] == "coreml"}
+    assert set(coreml) == {"fp32", "fp16", "int8"}
+    for precision, minimum in (("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.99)):
+        artifact = coreml[precision]
+        assert artifact["path"] == f"my_mod_{precision}.mlpackage"
+        assert (model_dir / artifact["path"] / "Manifest.json").is_file()
+        assert artifact["target"] == "ios"
+        assert artifact["details"]["evaluator"] == EXPECTED_EVALUATOR
+        assert artifact["parity"]["passed"] and artifact["parity"]["cosine"] >= minimum
+        assert artifact["parity"]["samples"] >= 15
+    assert coreml["int8"]["details"]["ops"]["constexpr_affine_dequantize"] >= 1  # int8 weights really are there
+    assert manifest["tools"]["coremltools"] != "not installed"
+    assert f"run by the {EXPECTED_EVALUATOR} evaluator" in result.stderr
+
+
+def test_mlpackage_checksum_covers_every_file_and_metadata_is_set(ios_export):
+    from targets.coreml import import_coremltools
+
+    _, model_dir = ios_export
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    artifact = next(a for a in manifest["artifacts"] if a["runtime"] == "coreml" and a["precision"] == "fp16")
+    package = model_dir / artifact["path"]
+    files = sorted(p for p in package.rglob("*") if p.is_file())
+    listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(package).as_posix()}\n" for p in files)
+    assert artifact["sha256"] == hashlib.sha256(listing.encode()).hexdigest()
+    assert artifact["bytes"] == sum(p.stat().st_size for p in files)
+    spec = import_coremltools().models.MLModel(str(package), skip_model_load=True).get_spec()
+    assert spec.description.metadata.author == "mobile-export"
+    assert spec.description.metadata.versionString and spec.description.metadata.shortDescription
+    assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
+
+
+def test_a_corrupted_weight_in_the_saved_package_fails_parity(ios_export, user_package, tmp_path):
+    """The evaluator reads the weights from the .mlpackage on disk, so damage there must show in parity."""
+    import shutil
+
+    import torch
+
+    from targets._mil_reference import BLOB_METADATA, load_program
+    from targets.base import Artifact
+    from targets.coreml import CoreMLTarget
+    from validation.parity import DEFAULT_THRESHOLDS, compare
+
+    _, model_dir = ios_export
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    record = next(a for a in manifest["artifacts"] if a["runtime"] == "coreml" and a["precision"] == "fp32")
+    package = tmp_path / "damaged.mlpackage"
+    shutil.copytree(model_dir / record["path"], package)
+    artifact = Artifact(package, "coreml", "fp32", details=record["details"])
+    samples = _digit_tensors()
+    with torch.no_grad():
+        reference = _digits_module(user_package)(torch.from_numpy(samples)).numpy()
+    intact = compare(reference, CoreMLTarget().load(artifact).run(samples), DEFAULT_THRESHOLDS["fp32"])
+    assert intact.passed, intact.failures
+
+    # Scale the first output channel of the first convolution's weights by 3, in weights/weight.bin.
+    program = load_program(package)
+    first_conv = next(op for op in program.operations if op.type == "conv")
+    weight_name = first_conv.inputs["weight"].arguments[0].name
+    const = next(op for op in program.operations if op.type == "const" and op.outputs[0].name == weight_name)
+    blob = const.attributes["val"].blobFileValue
+    weight_file = program.weights_dir / "weight.bin"
+    data = bytearray(weight_file.read_bytes())
+    meta = np.frombuffer(bytes(data[blob.offset : blob.offset + BLOB_METADATA.itemsize]), BLOB_METADATA)[0]
+    out_channels = const.outputs[0].type.tensorType.dimensions[0].constant.size
+    channel_bytes = int(meta["size"]) // out_channels
+    start = int(meta["offset"])
+    channel = np.frombuffer(bytes(data[start : start + channel_bytes]), dtype=np.float32) * 3
+    data[start : start + channel_bytes] = channel.astype(np.float32).tobytes()
+    weight_file.write_bytes(bytes(data))
+
+    damaged = compare(reference, CoreMLTarget().load(artifact).run(samples), DEFAULT_THRESHOLDS["fp32"])
+    assert not damaged.passed
+    assert damaged.cosine < 0.99999 and damaged.max_abs > 100 * intact.max_abs
+
+
+def test_an_op_the_evaluator_does_not_know_is_not_verified(tmp_path):
+    import torch
+
+    from targets.base import ConversionJob, OnnxModel
+    from targets.coreml import CoreMLTarget
+
+    class SineNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.sin(self.conv(x)).mean((2, 3))
+
+    contract = InputContract((1, 3, 16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    job = ConversionJob(
+        onnx=OnnxModel(tmp_path / "unused.onnx", "input", "output", (1, 3, 16, 16), (1, 4)), contract=contract,
+        calibration=np.zeros((1, 3, 16, 16), np.float32), workdir=tmp_path, log_path=tmp_path / "coreml.log",
+        torch_module=SineNet().eval(),
+    )
+    if EXPECTED_EVALUATOR == "coreml-runtime":
+        pytest.skip("on macOS the Core ML runtime runs every op; the reference evaluator is not used")
+    with pytest.raises(ConverterError) as caught:
+        CoreMLTarget().convert(job)
+    assert "not verified: op sin" in caught.value.message
+    assert "parity was not proven" in caught.value.hint
+
+
+def test_an_onnx_source_is_refused_with_a_hint(user_package, digit_photo_folder, tmp_path):
+    import torch
+
+    source = tmp_path / "digits.onnx"
+    torch.onnx.export(_digits_module(user_package), (torch.zeros(1, 3, 32, 32),), str(source), dynamo=False,
+                      opset_version=17)
+    result = run_cli(["--model", str(source), *DIGITS_CONTRACT, "--calib", str(digit_photo_folder), "--target", "ios",
+                      "--out", "out"], cwd=tmp_path)
+    assert result.returncode == InputError.exit_code, result.stderr[-2000:]
+    assert "Core ML target needs a PyTorch model" in result.stderr and "fix:" in result.stderr
+
+
+@pytest.mark.parametrize("std, color", [((0.25, 0.25, 0.25), "rgb"), ((0.229, 0.224, 0.225), "bgr")])
+def test_image_input_preprocessing_reproduces_the_contract(std, color):
+    from targets.coreml import image_preprocessing
+
+    contract = InputContract((1, 3, 4, 5), (0.485, 0.456, 0.406), std, color)
+    preprocessing = image_preprocessing(contract)
+    photo = np.random.default_rng(0).integers(0, 256, (4, 5, 3)).astype(np.uint8)
+    tensor = contract.preprocess(photo)[None]
+    pixels = preprocessing.pixels_from_tensor(tensor)
+    # What Core ML does with the pixel buffer, then the multiply traced into the model.
+    rebuilt = preprocessing.scale * pixels + np.asarray(preprocessing.bias).reshape(1, 3, 1, 1)
+    if preprocessing.channel_multipliers is not None:
+        rebuilt = rebuilt * np.asarray(preprocessing.channel_multipliers).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(rebuilt, tensor, atol=1e-5)
+    channels_in_order = photo[:, :, ::-1] if color == "bgr" else photo
+    np.testing.assert_allclose(pixels[0], channels_in_order.transpose(2, 0, 1), atol=1e-3)
+    assert preprocessing.color_layout == color.upper()
+    assert (preprocessing.channel_multipliers is None) == (len(set(std)) == 1)
+
+
+def test_ios_and_all_targets_ship_to_their_platforms():
+    ios = build_spec({**NO_FLAGS, "target": "ios"})
+    every = build_spec({**NO_FLAGS, "target": "all"})
+    assert ios.target_names == ("coreml",) and ios.platform_of("coreml") == "ios"
+    assert set(every.target_names) == {"tflite", "ncnn", "coreml"}
+    assert [every.platform_of(name) for name in ("tflite", "ncnn", "coreml")] == ["android", "android", "ios"]
