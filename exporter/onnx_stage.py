@@ -1,13 +1,12 @@
 """The ONNX stage: export from PyTorch, simplify, check, and the ONNX Runtime runner."""
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from exporter.capture import output_to
 from exporter.contract import InputContract
 from exporter.errors import ConverterError, InputError
 from targets.base import OnnxModel, run_in_chunks
@@ -21,7 +20,7 @@ def export_from_torch(module, contract: InputContract, path: Path, log_path: Pat
 
     example = torch.zeros(contract.input_shape, dtype=torch.float32)
     try:
-        with torch.no_grad(), _captured_into(log_path):
+        with torch.no_grad(), output_to(log_path):
             # dynamo=False: the TorchScript-based exporter handles these CNNs on torch 2.13 without
             # the extra dependencies (onnxscript) the dynamo exporter needs.
             torch.onnx.export(
@@ -63,7 +62,7 @@ def simplify_and_check(path: Path, log_path: Path) -> None:
 
     model = _load_checked(path)
     try:
-        with _captured_into(log_path):
+        with output_to(log_path):
             simplified, valid = onnxsim.simplify(model)
     except Exception as error:
         raise ConverterError(f"onnxsim failed: {error}", hint=f"details in {log_path}") from None
@@ -128,19 +127,3 @@ class OnnxRuntimeRunner:
 
     def run(self, batch_nchw: np.ndarray) -> np.ndarray:
         return run_in_chunks(lambda chunk: self._session.run(None, {self._input_name: chunk})[0], batch_nchw, self._batch)
-
-
-@contextlib.contextmanager
-def _captured_into(log_path: Path):
-    """Keep exporter chatter (warnings, prints) out of the terminal and in the log."""
-    import warnings
-
-    buffer = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda message, category, *_: buffer.write(f"{category.__name__}: {message}\n")
-        try:
-            yield
-        finally:
-            with open(log_path, "a", encoding="utf-8") as log:
-                log.write(buffer.getvalue())

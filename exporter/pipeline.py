@@ -91,9 +91,9 @@ def _export_into(spec, loaded, labels, datasets, model_dir, staging, logs_dir, c
         tool_versions.update(target.tool_versions())
         for artifact in artifacts:
             with clock.stage(f"parity {artifact.runtime} {artifact.precision}"):
-                runner = target.load(artifact)
-                measured.append((*_measure(artifact, runner, reference, datasets, spec), spec.platform_of(target_name)))
-                clock.note(_parity_line(artifact, measured[-1][1], getattr(runner, "evaluator", None)))
+                parity = _measure(artifact, target.load(artifact), reference, datasets, spec)
+                measured.append((*parity, spec.platform_of(target_name)))
+                clock.note(_parity_line(artifact, measured[-1][1]))
     with clock.stage("write artifacts and manifest"):
         records = tuple(
             ArtifactRecord(_publish(artifact, model_dir, loaded.name), platform, parity)
@@ -217,9 +217,10 @@ def _base_tool_versions() -> dict[str, str]:
     return versions
 
 
-def _parity_line(artifact: Artifact, parity: ParityResult, evaluator: str | None = None) -> str:
+def _parity_line(artifact: Artifact, parity: ParityResult) -> str:
     top1 = "" if parity.top1_agreement is None else f", top-1 agreement {parity.top1_agreement:.3f}"
     verdict = "passed" if parity.passed else "FAILED: " + "; ".join(parity.failures)
+    evaluator = artifact.details.get("evaluator")  # set by targets that cannot always run their runtime here
     run_by = f" (run by the {evaluator} evaluator)" if evaluator else ""
     return f"{artifact.runtime} {artifact.precision}: cosine {parity.cosine:.6f}{top1}{run_by} — {verdict}"
 

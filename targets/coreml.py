@@ -15,7 +15,6 @@ Parity: on macOS the real Core ML runtime runs each artifact; elsewhere the refe
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.capture import output_to
 from exporter.contract import InputContract
 from exporter.errors import ConverterError, InputError
 from targets.base import Artifact, ConversionJob, run_in_chunks
@@ -70,32 +70,12 @@ def import_coremltools():
     if "coremltools" in sys.modules:
         return sys.modules["coremltools"]
     try:
-        with _output_to(os.devnull):
+        with output_to(os.devnull):
             import coremltools
     except ImportError as error:
         raise ConverterError(f"coremltools is not installed ({error})",
                              hint="run `make venv` to install the pinned tools") from None
     return coremltools
-
-
-@contextlib.contextmanager
-def _output_to(path: str | Path):
-    """Send everything written to stdout/stderr, by Python or by native code, to `path` (appended)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "a", encoding="utf-8", errors="replace") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def evaluator_name() -> str:
@@ -119,7 +99,7 @@ class CoreMLTarget:
         ct = import_coremltools()
         artifacts = []
         try:
-            with _output_to(job.log_path):
+            with output_to(job.log_path):
                 models = _convert_all(ct, traced, job.contract, preprocessing)
                 for precision, model in models.items():
                     folder = job.workdir / precision

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from targets.onnx_probe import conv_group, inner_tensors
+
 # Scaled calibration peaks stay at half the clip: photos brighter than the calibration set then still
 # pass the ReLU6 unclipped (measured on held-out photos: 0.95 left a float deviation of cosine 0.996).
 HEADROOM = 0.5
@@ -82,8 +84,6 @@ def _scales(peak: np.ndarray, clip_top: float, depthwise: bool) -> np.ndarray:
 
 def _channel_peaks(model, tensor_names: list[str], samples: np.ndarray, absolute: bool = False) -> list[np.ndarray]:
     """The largest value (or magnitude) each channel of each named tensor reaches over the samples."""
-    from targets.onnx_probe import inner_tensors
-
     peaks = [None] * len(tensor_names)
     for values in inner_tensors(model, tensor_names, samples):
         for index, name in enumerate(tensor_names):
@@ -130,7 +130,7 @@ class _GraphIndex:
             return None
         channels = self.array(conv_a.input[1]).shape[0]
         weights_b = self.array(conv_b.input[1])
-        group = next((a.i for a in conv_b.attribute if a.name == "group"), 1)
+        group = conv_group(conv_b)
         depthwise = group == channels and weights_b.shape[1] == 1 and weights_b.shape[0] == channels
         if not depthwise and (group != 1 or weights_b.shape[1] != channels):
             return None
@@ -179,7 +179,7 @@ class _GraphIndex:
         return (tensors, writers, readers) if writers and readers else None
 
     def _plain_reader(self, conv) -> bool:
-        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        group = conv_group(conv)
         return group == 1 and self._private_weights(conv, need_bias=False)
 
     def _only_consumer(self, tensor: str):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from targets.onnx_probe import conv_group, inner_tensors
+
 LEVELS = 127  # symmetric int8 weights, narrow range, as TFLite quantizes them
 DAMPING = 0.01  # fraction of the mean diagonal added to H: keeps the inverse stable on few samples
 MAX_SAMPLES = 64
@@ -49,7 +51,7 @@ def round_weights_to_int8_grid(model, calibration_nchw: np.ndarray):
     rounded = []
     for conv, hessian in zip(convs, hessians):
         weights = numpy_helper.to_array(initializers[conv.input[1]]).astype(np.float64)
-        depthwise = _group(conv) > 1
+        depthwise = conv_group(conv) > 1
         if depthwise and weights.shape[1] != 1:
             continue  # grouped (not depthwise) convolutions keep nearest rounding
         grid_weights = _round_depthwise(weights, hessian) if depthwise else _round_dense(weights, hessian)
@@ -111,10 +113,6 @@ def _keep_channel_peaks(levels: np.ndarray, original_steps: np.ndarray) -> np.nd
     return levels
 
 
-def _group(conv) -> int:
-    return next((a.i for a in conv.attribute if a.name == "group"), 1)
-
-
 def _conv_geometry(conv, kernel: tuple[int, int]) -> dict:
     attributes = {a.name: list(a.ints) for a in conv.attribute if a.ints}
     pads = attributes.get("pads", [0, 0, 0, 0])
@@ -131,8 +129,6 @@ def _patch_hessians(model, convs, samples: np.ndarray) -> list[np.ndarray]:
     import torch
     from onnx import numpy_helper
 
-    from targets.onnx_probe import inner_tensors
-
     initializers = {init.name: init for init in model.graph.initializer}
     names = list(dict.fromkeys(conv.input[0] for conv in convs))
     shapes = [numpy_helper.to_array(initializers[conv.input[1]]).shape for conv in convs]
@@ -141,7 +137,7 @@ def _patch_hessians(model, convs, samples: np.ndarray) -> list[np.ndarray]:
     for tensors in inner_tensors(model, names, samples):
         for index, (conv, geometry) in enumerate(zip(convs, geometries)):
             patches = _patches(torch.from_numpy(tensors[conv.input[0]]), geometry)  # N x C x K x L
-            if _group(conv) > 1:
+            if conv_group(conv) > 1:
                 update = torch.einsum("nckl,ncjl->ckj", patches, patches)
             else:
                 flat = patches.reshape(patches.shape[0], -1, patches.shape[-1])
