@@ -10,6 +10,7 @@ from exporter.errors import InputError
 from validation.parity import DEFAULT_THRESHOLDS, ParityThresholds
 
 DEFAULT_MODEL = "zoo:mobilenet_v2"
+DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 # Which runtimes make up each --target, and which platform their artifacts ship to.
 TARGET_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "android": ("android", ("tflite", "ncnn")),
@@ -82,6 +83,8 @@ def build_spec(flags: dict, config_path: Path | None = None) -> ExportSpec:
     for key in ("out", "labels"):
         if scalars.get(key) is not None:
             scalars[key] = Path(scalars[key])
+    if "input_shape" not in merged:
+        merged["input_shape"] = _default_input_shape(model)
     return ExportSpec(contract=_contract(merged), thresholds=_thresholds(config.get("parity", {})), **scalars)
 
 
@@ -93,9 +96,20 @@ def _looks_like_path(model: str) -> bool:
     return not model.startswith(("zoo:", "python:"))
 
 
+def _default_input_shape(model: str) -> tuple[int, int, int, int]:
+    """A zoo model's own resolution (MobileNetV1 comes at 128 to 224); 224 for everything else."""
+    if model.startswith("zoo:"):
+        from exporter.zoo import ZOO
+
+        entry = ZOO.get(model.removeprefix("zoo:"))
+        if entry is not None:
+            return entry.input_shape
+    return DEFAULT_INPUT_SHAPE
+
+
 def _contract(merged: dict) -> InputContract:
     return InputContract(
-        input_shape=tuple(int(v) for v in merged.get("input_shape", (1, 3, 224, 224))),
+        input_shape=tuple(int(v) for v in merged.get("input_shape", DEFAULT_INPUT_SHAPE)),
         mean=tuple(float(v) for v in merged.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(float(v) for v in merged.get("std", (0.229, 0.224, 0.225))),
         color=merged.get("color", "rgb"),

@@ -49,3 +49,10 @@ def test_unknown_config_keys_are_refused(tmp_path: Path):
     config.write_text('modle = "zoo:mobilenet_v2"\n')
     with pytest.raises(InputError, match="unknown keys"):
         build_spec(dict(NO_FLAGS), config)
+
+
+def test_zoo_models_default_to_their_own_resolution():
+    assert build_spec({"model": "zoo:mobilenet_v1_0_5_128"}).contract.input_shape == (1, 3, 128, 128)
+    assert build_spec({"model": "zoo:mobilenet_v1_0_5_128", "input_shape": (1, 3, 96, 96)}).contract.input_shape == (
+        1, 3, 96, 96)
+    assert build_spec({"model": "model.onnx"}).contract.input_shape == (1, 3, 224, 224)
