@@ -6,9 +6,15 @@ TARGET ?= android
 MODEL ?= zoo:mobilenet_v2
 OUT ?= out
 EXPORT_ARGS ?=
+# The folder `make export` wrote: zoo:NAME -> NAME, path/to/net.onnx -> net. For python:pkg.mod:factory sources
+# pass MODEL_DIR= yourself (the export prints "Exported to OUT/<name>").
+MODEL_DIR ?= $(basename $(notdir $(patsubst zoo:%,%,$(MODEL))))
+PROFILE ?=
+BENCH_ARGS ?=
 INSTALLED := $(VENV)/.installed
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv export test test-all bench-export-time clean
+.PHONY: venv export test test-all bench bench-host-fps bench-export-time bench-projection-error clean
 
 venv: $(INSTALLED)
 
@@ -24,14 +30,30 @@ $(INSTALLED): requirements.lock requirements-test.lock pyproject.toml
 export: venv
 	$(BIN)/mobile-export export --model $(MODEL) --target $(TARGET) --out $(OUT) $(EXPORT_ARGS)
 
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest -m "not slow"
 
-test-all: venv
+test-all: venv browser
 	$(BIN)/python -m pytest
+
+# Exit 0 when every gated profile reaches its target FPS, 1 when one does not (the table says which).
+bench: venv
+	$(BIN)/mobile-export bench $(OUT)/$(MODEL_DIR) --target $(TARGET) $(if $(PROFILE),--profile $(PROFILE)) $(BENCH_ARGS)
+
+bench-host-fps: venv
+	$(BIN)/python bench/host_fps.py $(OUT)/$(MODEL_DIR)
+
+# The report test opens report.html in headless Chromium: Debian's package, installed only when missing.
+.PHONY: browser
+browser:
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 bench-export-time: venv
 	$(BIN)/python bench/export_time.py
+
+# The FPS projection's leave-one-model-out error per profile and on every published CPU configuration.
+bench-projection-error: venv
+	$(BIN)/python bench/projection_error.py --all-devices
 
 clean:
 	rm -rf $(OUT) .pytest_cache

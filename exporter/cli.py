@@ -1,6 +1,8 @@
 """The `mobile-export` command. The only place that prints results and turns errors into exit codes."""
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -8,7 +10,7 @@ from pathlib import Path
 import click
 
 from exporter.config import TARGET_GROUPS
-from exporter.errors import GateFailed, MobileExportError
+from exporter.errors import GateFailed, MobileExportError, most_severe
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_CONVERTER = 0, 1, 2, 3
 
@@ -37,10 +39,13 @@ def main() -> None:
 @click.option("--target", type=click.Choice(list(TARGET_GROUPS)), help="what to build (default android)")
 @click.option("--out", help="output folder (default out); artifacts go to OUT/<model>/")
 @click.option("--int8-io", is_flag=True, default=None, help="int8 input/output tensors for int8 artifacts")
+@click.option("--coreml-palettize", is_flag=True, default=None, help="also build a 6-bit palettized Core ML package")
+@click.option("--rebuild", is_flag=True, default=None, help="convert again even if nothing changed since the last export")
 @click.option("--timeout", "timeout_s", type=float, help="seconds each converter may take (default 1800)")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="export.toml; flags override it")
+@click.option("--keep-going", is_flag=True, help="when a target fails, still publish the others (exit code stays non-zero)")
 @click.option("--debug", is_flag=True, help="show Python tracebacks")
-def export(config_path: Path | None, debug: bool, **flags) -> None:
+def export(config_path: Path | None, debug: bool, keep_going: bool, **flags) -> None:
     """Convert a model to mobile artifacts and prove each one matches the original."""
     from exporter.config import build_spec, parse_number_list
 
@@ -51,9 +56,10 @@ def export(config_path: Path | None, debug: bool, **flags) -> None:
             if flags[key] is not None:
                 flags[key] = parse_number_list(flags[key], f"--{key}")
         spec = build_spec(flags, config_path)
-        return _export(spec)
+        return _export(spec, keep_going)
 
-    sys.exit(_guarded(run, debug))
+    with _terminate_like_ctrl_c():
+        sys.exit(_guarded(run, debug))
 
 
 @main.command()
@@ -82,14 +88,16 @@ def models(as_json: bool) -> None:
         )
 
 
-def _export(spec) -> int:
+def _export(spec, keep_going: bool = False) -> int:
     from exporter.pipeline import run_export
     from exporter.progress import StageClock
     from validation.report import summary_lines
 
-    report = run_export(spec, StageClock(_echo_err))
+    report = run_export(spec, StageClock(_echo_err), keep_going=keep_going)
     for line in summary_lines(report):
         click.echo(line)
+    if report.failures:
+        raise _failed_targets_error(report)
     if not report.passed:
         failed = "; ".join(
             f"{r.artifact.runtime} {r.artifact.precision} ({', '.join(r.parity.failures)})" for r in report.failed
@@ -99,6 +107,33 @@ def _export(spec) -> int:
             hint="inspect the failed artifacts, give more or better --calib photos, or relax [parity] in export.toml",
         )
     return EXIT_OK
+
+
+def _failed_targets_error(report) -> MobileExportError:
+    names = ", ".join(failure.target for failure in report.failures)
+    details = "\n".join(f"  {failure.target}: {failure.error.message}" for failure in report.failures)
+    gates = f"; {len(report.failed)} published artifact(s) failed their parity gate" if report.failed else ""
+    summary = (f"{len(report.failures)} target(s) failed ({names}); the other artifacts were published and "
+               f"the manifest lists the failures{gates}:\n{details}")
+    return most_severe([failure.error for failure in report.failures], summary)
+
+
+@contextlib.contextmanager
+def _terminate_like_ctrl_c():
+    """SIGTERM (a CI job cancelled, `kill`) stops the export like Ctrl-C: converters stopped, staging removed."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _guarded(run, debug: bool) -> int:
@@ -119,5 +154,16 @@ def _guarded(run, debug: bool) -> int:
         _echo_err(f"error: unexpected {type(error).__name__} in mobile-export: {error}")
         _echo_err("  fix: nothing was published for the failing stage; please report this with the traceback above")
         return EXIT_CONVERTER
+
+
+from exporter.bench_cli import bench  # noqa: E402 (a command of its own module, registered on the group)
+main.add_command(bench)
+from exporter.profiles_cli import profiles  # noqa: E402 (same pattern: `mobile-export profiles`)
+main.add_command(profiles)
+from exporter.explain_cli import explain  # noqa: E402 (same pattern: `mobile-export explain`)
+main.add_command(explain)
+from exporter.report_cli import report  # noqa: E402 (same pattern: `mobile-export report`)
+main.add_command(report)
+
 if __name__ == "__main__":
     main()

@@ -36,6 +36,8 @@ class ExportSpec:
     val: str | None = None
     labels: Path | None = None
     int8_io: bool = False
+    coreml_palettize: bool = False  # also build a 6-bit palettized Core ML package
+    rebuild: bool = False  # convert every target even when the previous export's artifacts could be reused
     calibration_samples: int = 120
     timeout_s: float = 1800.0
     thresholds: dict[str, ParityThresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
@@ -54,7 +56,7 @@ class ExportSpec:
 
 # Flags and config keys that are plain values; the contract and thresholds are assembled separately.
 SCALAR_KEYS = ("model", "target", "out", "weights", "trust_pickle", "calib", "val", "labels", "int8_io",
-               "calibration_samples", "timeout_s")
+               "coreml_palettize", "rebuild", "calibration_samples", "timeout_s")
 CONTRACT_KEYS = ("input_shape", "mean", "std", "color", "pixel_scale")
 
 

@@ -1,6 +1,7 @@
 """The input contract: what the app must feed the model, and the one place it is applied."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,8 @@ class InputContract:
                     hint=f"give one --{name} value per channel, e.g. --{name} "
                     + ",".join(["0.5"] * channels),
                 )
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std, self.pixel_scale)):
+            raise InputError("--mean, --std and --pixel-scale must be finite numbers", hint="e.g. --std 0.229,0.224,0.225")
         if any(s == 0 for s in self.std):
             raise InputError("--std contains 0", hint="std values divide the pixels; use non-zero values")
         if self.color not in ("rgb", "bgr"):

@@ -82,7 +82,7 @@ def _load_npy_if_given(source: str | None, contract: InputContract) -> np.ndarra
         raise InputError(f"{path} does not exist", hint="pass an existing .npy file or a folder of photos")
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, EOFError) as error:  # EOFError: an empty or truncated file
         raise InputError(f"cannot read {path}: {error}", hint="save it with numpy.save, without pickled objects") from None
     return _npy_to_tensors(array, path, contract)
 

@@ -1,7 +1,6 @@
 """The ONNX stage: export from PyTorch, simplify, check, and the ONNX Runtime runner."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +8,9 @@ import numpy as np
 from exporter.capture import output_to
 from exporter.contract import InputContract
 from exporter.errors import ConverterError, InputError
-from targets.base import OnnxModel, run_in_chunks
+from targets.base import VALIDATION_THREADS, OnnxModel, run_in_chunks
 
 OPSET = 17
-MAX_ONNX_BYTES = 2 * 1024**3  # protobuf's own limit; larger models need external data we do not accept
 
 
 def export_from_torch(module, contract: InputContract, path: Path, log_path: Path) -> None:
@@ -47,12 +45,6 @@ def check_model_runs(module, contract: InputContract) -> None:
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
             hint="pass the --input-shape the model was trained with (N,C,H,W)",
         ) from None
-
-
-def copy_onnx_source(source: Path, path: Path) -> None:
-    if source.stat().st_size > MAX_ONNX_BYTES:
-        raise InputError(f"{source} is larger than 2 GiB", hint="mobile models should be far smaller; check the file")
-    shutil.copyfile(source, path)
 
 
 def simplify_and_check(path: Path, log_path: Path) -> None:
@@ -111,11 +103,11 @@ def describe(path: Path, contract: InputContract) -> OnnxModel:
 
 
 class OnnxRuntimeRunner:
-    def __init__(self, onnx_model: OnnxModel):
+    def __init__(self, onnx_model: OnnxModel, threads: int = VALIDATION_THREADS):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 2
+        options.intra_op_num_threads = threads
         options.log_severity_level = 3
         try:
             self._session = onnxruntime.InferenceSession(str(onnx_model.path), options, providers=["CPUExecutionProvider"])

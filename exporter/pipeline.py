@@ -1,10 +1,13 @@
-"""The export pipeline: ModelSource → module → ONNX (+ reference) → each target → parity → manifest."""
+"""The export pipeline: ModelSource → module → ONNX (+ reference) → each target → parity → manifest.
+
+Nothing reaches OUT/<model>/ before every stage has succeeded (exporter/publish.py). With keep_going, a
+target that fails is recorded in the manifest and the other targets are still published.
+"""
 from __future__ import annotations
 
-import os
 import platform
 import shutil
-import tempfile
+import traceback
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -12,18 +15,35 @@ from pathlib import Path
 import numpy as np
 
 from exporter import onnx_stage
+from exporter.cache import conversion_key, reusable_artifacts, with_conversion_record
 from exporter.config import ExportSpec
 from exporter.datasets import DatasetPlan, Datasets, build_datasets
-from exporter.errors import InputError
+from exporter.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
+from exporter.loading import open_checked, open_runner
 from exporter.manifest import MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, write_json_atomically
 from exporter.progress import StageClock
-from exporter.sources import LoadedModel, load_model
+from exporter.publish import Publisher, exclusive_staging, prepare_model_dir, publishing
+from exporter.reproducibility import is_reproducible
+from exporter.sources import LoadedModel, copy_checked_onnx, load_model
 from targets import get_target
-from targets.base import Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
+from targets.base import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
 from validation.parity import ParityResult, compare
 
 LABELS_NAME = "labels.txt"
 ONNX_WORK_NAME = "model.onnx"
+SOURCE_ONNX_NAME = "source.onnx"
+
+
+@dataclass(frozen=True)
+class TargetFailure:
+    """A target that failed while keep_going let the others finish."""
+
+    target: str
+    error: MobileExportError
+
+    def to_manifest(self) -> dict:
+        return {"target": self.target, "exit_code": self.error.exit_code, "error": self.error.message,
+                "hint": self.error.hint}
 
 
 @dataclass(frozen=True)
@@ -32,17 +52,34 @@ class ExportReport:
     manifest_path: Path
     records: tuple[ArtifactRecord, ...]
     seconds: dict[str, float]
+    failures: tuple[TargetFailure, ...] = ()
 
     @property
     def passed(self) -> bool:
-        return all(record.parity.passed for record in self.records)
+        return not self.failures and all(record.parity.passed for record in self.records)
 
     @property
     def failed(self) -> tuple[ArtifactRecord, ...]:
         return tuple(record for record in self.records if not record.parity.passed)
 
 
-def run_export(spec: ExportSpec, clock: StageClock) -> ExportReport:
+@dataclass(frozen=True)
+class ExportRun:
+    """What every stage after loading the model needs."""
+
+    spec: ExportSpec
+    loaded: LoadedModel
+    labels: tuple[str, ...] | None
+    datasets: Datasets
+    model_dir: Path
+    staging: Path  # private to this run, removed at its end; artifacts are built here
+    clock: StageClock
+
+    def log_path(self, stage: str) -> Path:
+        return self.model_dir / "logs" / f"{stage}.log"
+
+
+def run_export(spec: ExportSpec, clock: StageClock, keep_going: bool = False) -> ExportReport:
     with clock.stage(f"load model {spec.model}"):
         loaded = load_model(spec.model, spec.weights, spec.trust_pickle)
         if loaded.module is not None:
@@ -57,79 +94,129 @@ def run_export(spec: ExportSpec, clock: StageClock) -> ExportReport:
             f"{len(datasets.calibration)} calibration samples from {datasets.description['calibration_source']}, "
             f"{len(datasets.validation)} validation samples ({datasets.description['validation_source']})"
         )
-    model_dir = spec.out / loaded.name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    logs_dir = model_dir / "logs"
-    logs_dir.mkdir(exist_ok=True)
-    # Staging lives inside the model folder so the final renames stay on one file system (atomic).
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir)).resolve()  # converters run in other cwds
+    model_dir = prepare_model_dir(spec.out, loaded.name)
     try:
-        return _export_into(spec, loaded, labels, datasets, model_dir, staging, logs_dir, clock)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with exclusive_staging(model_dir) as staging:
+            run = ExportRun(spec, loaded, labels, datasets, model_dir, staging, clock)
+            return _export_into(run, keep_going)
+    except Exception as error:
+        if disk_full_cause(error) is not None:  # converters wrap it: look behind their errors
+            raise disk_full_error(spec.out) from None
+        raise
 
 
-def _export_into(spec, loaded, labels, datasets, model_dir, staging, logs_dir, clock) -> ExportReport:
-    onnx_model, reference, reference_name = _onnx_stage(spec, loaded, datasets, staging, logs_dir, clock)
-    _check_labels(labels, reference)
+def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
+    onnx_model, reference, reference_name = _onnx_stage(run)
+    _check_labels(run.labels, reference)
     measured: list[tuple[Artifact, ParityResult, str]] = []  # artifact, parity, platform
-    with clock.stage("parity onnx fp32"):
-        onnx_runner = onnx_stage.OnnxRuntimeRunner(onnx_model)
-        measured.append((*_measure(_onnx_artifact(onnx_model), onnx_runner, reference, datasets, spec), spec.platform))
+    with run.clock.stage("parity onnx fp32"):
+        artifact = _onnx_artifact(onnx_model)
+        measured.append((*_measure(artifact, _open(artifact, run, "onnx"), reference, run), run.spec.platform))
     tool_versions = _base_tool_versions()
-    for target_name in spec.target_names:
-        target = get_target(target_name)
-        workdir = staging / target_name
-        workdir.mkdir()
-        job = ConversionJob(
-            onnx=onnx_model, contract=spec.contract, calibration=datasets.calibration, workdir=workdir,
-            log_path=logs_dir / f"{target_name}.log", timeout_s=spec.timeout_s, int8_io=spec.int8_io,
-            torch_module=loaded.module,
-        )
-        with clock.stage(f"convert {target_name}"):
-            artifacts = target.convert(job)
-        tool_versions.update(target.tool_versions())
-        for artifact in artifacts:
-            with clock.stage(f"parity {artifact.runtime} {artifact.precision}"):
-                parity = _measure(artifact, target.load(artifact), reference, datasets, spec)
-                measured.append((*parity, spec.platform_of(target_name)))
-                clock.note(_parity_line(artifact, measured[-1][1]))
-    with clock.stage("write artifacts and manifest"):
+    failures: list[TargetFailure] = []
+    for target_name in run.spec.target_names:
+        try:
+            target_measured, target_tools = _convert_and_measure(run, target_name, onnx_model, reference)
+        except Exception as error:
+            if not keep_going or disk_full_cause(error) is not None:
+                raise
+            failures.append(_target_failure(target_name, error, run.log_path(target_name)))
+            run.clock.note(f"{target_name} FAILED, going on with the other targets: "
+                           f"{failures[-1].error.message.splitlines()[0]}")
+            continue
+        measured += target_measured
+        tool_versions.update(target_tools)
+    with run.clock.stage("write artifacts and manifest"), publishing(run.staging) as publisher:
         records = tuple(
-            ArtifactRecord(_publish(artifact, model_dir, loaded.name), platform, parity)
+            ArtifactRecord(_publish(publisher, artifact, run.model_dir, run.loaded.name), platform, parity)
             for artifact, parity, platform in measured
         )
-        if labels:
-            (model_dir / LABELS_NAME).write_text("\n".join(labels) + "\n", encoding="utf-8")
-        manifest = _manifest(spec, loaded, labels, datasets, onnx_model, reference_name, records, tool_versions,
-                             model_dir, clock.seconds)
-        manifest_path = model_dir / MANIFEST_NAME
+        if run.labels:
+            publisher.move(_staged_labels(run.labels, run.staging), run.model_dir / LABELS_NAME)
+        manifest = _manifest(run, onnx_model, reference_name, records, tool_versions, failures)
+        manifest_path = run.model_dir / MANIFEST_NAME
         write_json_atomically(manifest_path, manifest)
-    return ExportReport(model_dir, manifest_path, records, dict(clock.seconds))
+    return ExportReport(run.model_dir, manifest_path, records, dict(run.clock.seconds), tuple(failures))
 
 
-def _onnx_stage(spec, loaded: LoadedModel, datasets: Datasets, staging: Path, logs_dir: Path, clock: StageClock):
-    onnx_path = staging / ONNX_WORK_NAME
-    log_path = logs_dir / "onnx.log"
-    with clock.stage("export ONNX" if loaded.module is not None else "read ONNX"):
-        if loaded.module is not None:
+def _convert_and_measure(run: ExportRun, target_name: str, onnx_model: OnnxModel, reference: np.ndarray):
+    """(artifact, parity, platform) for each artifact of one target, and the target's tool versions."""
+    spec = run.spec
+    target = get_target(target_name)
+    workdir = run.staging / target_name
+    workdir.mkdir()
+    job = ConversionJob(
+        onnx=onnx_model, contract=spec.contract, calibration=run.datasets.calibration, workdir=workdir,
+        log_path=run.log_path(target_name), timeout_s=spec.timeout_s, int8_io=spec.int8_io,
+        torch_module=run.loaded.module, labels=run.labels, coreml_palettize=spec.coreml_palettize,
+    )
+    with run.clock.stage(f"convert {target_name}"):
+        artifacts = _converted_or_reused(target, job, run)
+    measured = []
+    for artifact in artifacts:
+        with run.clock.stage(f"parity {artifact.runtime} {artifact.precision}"):
+            _, parity = _measure(artifact, _open(artifact, run, target_name), reference, run)
+            measured.append((artifact, parity, spec.platform_of(target_name)))
+            run.clock.note(_parity_line(artifact, parity))
+    return measured, target.tool_versions()
+
+
+def _converted_or_reused(target, job: ConversionJob, run: ExportRun) -> list[Artifact]:
+    """The target's artifacts: those of the previous export when nothing that shapes them changed
+    (exporter/cache.py), else a fresh conversion."""
+    key = conversion_key(job, target.name, target.tool_versions())
+    reused = None if run.spec.rebuild else reusable_artifacts(run.model_dir, target.runtime, key, job.workdir)
+    if reused is not None:
+        run.clock.note(f"{target.name}: inputs, options and converters unchanged since the last export: "
+                       "reusing its artifacts (parity is measured again; --rebuild converts anyway)")
+    artifacts = reused if reused is not None else target.convert(job)
+    return [with_conversion_record(artifact, key, reused=reused is not None) for artifact in artifacts]
+
+
+def _target_failure(target_name: str, error: Exception, log_path: Path) -> TargetFailure:
+    if isinstance(error, MobileExportError):
+        return TargetFailure(target_name, error)
+    with open(log_path, "a", encoding="utf-8") as log:  # a bug, ours or a library's: keep the traceback
+        traceback.print_exception(error, file=log)
+    return TargetFailure(target_name, ConverterError(
+        f"unexpected {type(error).__name__} in the {target_name} target: {error}",
+        hint=f"the traceback is in {log_path}; please report it",
+    ))
+
+
+def _onnx_stage(run: ExportRun):
+    spec, loaded, log_path = run.spec, run.loaded, run.log_path("onnx")
+    onnx_path = run.staging / ONNX_WORK_NAME
+    if loaded.module is not None:
+        with run.clock.stage("export ONNX"):
             onnx_stage.export_from_torch(loaded.module, spec.contract, onnx_path, log_path)
-        else:
-            onnx_stage.copy_onnx_source(loaded.onnx_path, onnx_path)
-    with clock.stage("simplify and check ONNX"):
+    else:
+        # The user's file is the reference. It is checked and run in a child process before onnxsim runs
+        # it in this one: a hostile or damaged graph must not be able to crash the export.
+        with run.clock.stage("read ONNX"):
+            source = run.staging / SOURCE_ONNX_NAME
+            copy_checked_onnx(loaded.onnx_path, source)
+            source_runner = _open(_onnx_artifact(onnx_stage.describe(source, spec.contract)), run, "onnx")
+        with run.clock.stage("reference outputs"):
+            reference = source_runner.run(run.datasets.validation)
+            reference_name = "onnxruntime on the source ONNX file"
+        shutil.copyfile(source, onnx_path)
+    with run.clock.stage("simplify and check ONNX"):
         onnx_stage.simplify_and_check(onnx_path, log_path)
         onnx_model = onnx_stage.describe(onnx_path, spec.contract)
-    with clock.stage("reference outputs"):
-        if loaded.module is not None:
-            reference = _torch_outputs(loaded.module, datasets.validation, spec.contract.input_shape[0])
+    if loaded.module is not None:
+        with run.clock.stage("reference outputs"):
+            reference = _torch_outputs(loaded.module, run.datasets.validation, spec.contract.input_shape[0])
             reference_name = "pytorch"
-        else:
-            # With an ONNX source there is no PyTorch model: the unsimplified original is the reference.
-            original = OnnxModel(loaded.onnx_path, onnx_model.input_name, onnx_model.output_name,
-                                 onnx_model.input_shape, onnx_model.output_shape)
-            reference = onnx_stage.OnnxRuntimeRunner(original).run(datasets.validation)
-            reference_name = "onnxruntime on the source ONNX file"
     return onnx_model, reference, reference_name
+
+
+def _open(artifact: Artifact, run: ExportRun, stage: str) -> Runner:
+    """Native runtimes open each artifact in a child first (exporter/loading.py); our Python reference
+    evaluator (Core ML off macOS) cannot crash the interpreter, and starting torch in a child is slow."""
+    if artifact.details.get("evaluator") == "reference":
+        return open_runner(artifact)
+    return open_checked(artifact, run.spec.contract.input_shape, log_path=run.log_path(stage))
 
 
 def _torch_outputs(module, samples: np.ndarray, model_batch: int) -> np.ndarray:
@@ -139,16 +226,21 @@ def _torch_outputs(module, samples: np.ndarray, model_batch: int) -> np.ndarray:
     def run_fixed_batch(batch: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(batch)).detach().float().numpy()
 
-    with torch.no_grad():
-        return run_in_chunks(run_fixed_batch, samples, model_batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(VALIDATION_THREADS)  # as for every reference run: see targets/base.py
+    try:
+        with torch.no_grad():
+            return run_in_chunks(run_fixed_batch, samples, model_batch)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _measure(artifact: Artifact, runner: Runner, reference: np.ndarray, datasets: Datasets, spec: ExportSpec):
-    outputs = runner.run(datasets.validation)
+def _measure(artifact: Artifact, runner: Runner, reference: np.ndarray, run: ExportRun):
+    outputs = runner.run(run.datasets.validation)
     # Runtimes may keep or drop unit axes (N x 1000 x 1 x 1 vs N x 1000); layouts are the runner's job.
     if outputs.shape != reference.shape and _squeezed(outputs.shape) == _squeezed(reference.shape):
         outputs = outputs.reshape(reference.shape)
-    return artifact, compare(reference, outputs, spec.thresholds[artifact.precision])
+    return artifact, compare(reference, outputs, run.spec.thresholds[artifact.precision])
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -158,10 +250,11 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
 def _onnx_artifact(onnx_model: OnnxModel) -> Artifact:
     return Artifact(path=onnx_model.path, runtime="onnx", precision="fp32",
                     details={"opset": onnx_stage.OPSET, "input_name": onnx_model.input_name,
-                             "output_name": onnx_model.output_name, "layout": "NCHW"})
+                             "output_name": onnx_model.output_name, "input_shape": list(onnx_model.input_shape),
+                             "layout": "NCHW"})
 
 
-def _publish(artifact: Artifact, model_dir: Path, model_name: str) -> Artifact:
+def _publish(publisher: Publisher, artifact: Artifact, model_dir: Path, model_name: str) -> Artifact:
     """Move an artifact's files from staging to their final names (atomic renames on one file system)."""
 
     def final_path(staged: Path) -> Path:
@@ -171,10 +264,14 @@ def _publish(artifact: Artifact, model_dir: Path, model_name: str) -> Artifact:
 
     published = artifact.renamed(final_path)
     for staged, final in zip(artifact.files, published.files):
-        if final.is_dir():  # an .mlpackage is a folder: a rename cannot replace a non-empty one
-            shutil.rmtree(final)
-        os.replace(staged, final)
+        publisher.move(staged, final)
     return published
+
+
+def _staged_labels(labels: tuple[str, ...], staging: Path) -> Path:
+    path = staging / LABELS_NAME
+    path.write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return path
 
 
 def _labels(spec: ExportSpec, loaded: LoadedModel) -> tuple[str, ...] | None:
@@ -225,7 +322,8 @@ def _parity_line(artifact: Artifact, parity: ParityResult) -> str:
     return f"{artifact.runtime} {artifact.precision}: cosine {parity.cosine:.6f}{top1}{run_by} — {verdict}"
 
 
-def _manifest(spec, loaded, labels, datasets, onnx_model, reference_name, records, tool_versions, model_dir, seconds):
+def _manifest(run: ExportRun, onnx_model, reference_name, records, tool_versions, failures) -> dict:
+    spec, loaded, labels = run.spec, run.loaded, run.labels
     return {
         "schema_version": SCHEMA_VERSION,
         "model": {"name": loaded.name, "source": loaded.source, "weights": loaded.weights},
@@ -233,10 +331,12 @@ def _manifest(spec, loaded, labels, datasets, onnx_model, reference_name, record
         "output": {"name": onnx_model.output_name, "shape": list(onnx_model.output_shape)},
         "labels": {"path": LABELS_NAME, "count": len(labels)} if labels else None,
         "parity_reference": reference_name,
-        "data": datasets.description,
+        "data": run.datasets.description,
         "int8_io": "int8" if spec.int8_io else "float32",
-        "gates_passed": all(r.parity.passed for r in records),
-        "artifacts": [record.to_manifest(model_dir) for record in records],
+        "gates_passed": not failures and all(r.parity.passed for r in records),
+        "artifacts": [{**record.to_manifest(run.model_dir), "reproducible": is_reproducible(record.artifact)}
+                      for record in records],
+        "failed_targets": [failure.to_manifest() for failure in failures],
         "tools": tool_versions,
-        "stage_seconds": {name: round(value, 2) for name, value in seconds.items()},
+        "stage_seconds": {name: round(value, 2) for name, value in run.clock.seconds.items()},
     }

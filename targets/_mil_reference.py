@@ -47,7 +47,7 @@ def _torch():
 # ML Program tensor data types (MIL.proto DataType names) -> torch dtypes.
 _DTYPES = {
     "FLOAT16": "float16", "FLOAT32": "float32", "FLOAT64": "float64", "BOOL": "bool",
-    "INT8": "int8", "UINT8": "uint8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "INT8": "int8", "UINT8": "uint8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "UINT32": "uint32",
 }
 # The dtype names the `cast` op takes.
 _CAST_NAMES = {"fp16": "float16", "fp32": "float32", "int32": "int32", "int16": "int16", "int8": "int8",
@@ -81,8 +81,8 @@ class Program:
         return _Execution(self).run(feeds)
 
 
-def load_program(mlpackage: Path) -> Program:
-    """Read the main function of the ML Program saved in `mlpackage`; raise UnverifiedOp for unknown ops."""
+def _main_function(mlpackage: Path):
+    """The saved model (not loaded into a runtime) and the main function of its ML Program."""
     from targets.coreml import import_coremltools
 
     ct = import_coremltools()
@@ -90,7 +90,21 @@ def load_program(mlpackage: Path) -> Program:
     spec = model.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
         raise ConverterError(f"{mlpackage.name} is not an ML Program", hint="re-export with the coreml target")
-    function = spec.mlProgram.functions["main"]
+    return model, spec.mlProgram.functions["main"]
+
+
+def class_labels(mlpackage: Path) -> tuple[str, ...] | None:
+    """A classifier's labels in class-index order, as its `classify` op lists them; None if it has none."""
+    _, function = _main_function(mlpackage)
+    for operation in function.block_specializations[function.opset].operations:
+        if operation.type == "classify":
+            return tuple(str(label) for label in _Execution.immediate(operation.inputs["classes"].arguments[0].value))
+    return None
+
+
+def load_program(mlpackage: Path) -> Program:
+    """Read the main function of the ML Program saved in `mlpackage`; raise UnverifiedOp for unknown ops."""
+    model, function = _main_function(mlpackage)
     block = function.block_specializations[function.opset]
     unknown = sorted({op.type for op in block.operations if op.type not in OPS})
     if unknown:
@@ -150,7 +164,8 @@ class _Execution:
                     self._execute(op)
         finally:
             torch.set_num_threads(threads)
-        return {name: self.values[name].float().numpy() for name in self.program.output_names}
+        return {name: value if isinstance(value, str) else value.float().numpy()
+                for name, value in ((name, self.values[name]) for name in self.program.output_names)}
 
     def _execute(self, op) -> None:
         operands = {key: self._argument(key, argument, op.type) for key, argument in op.inputs.items()}
@@ -171,19 +186,28 @@ class _Execution:
         return values if len(values) > 1 or key in _VARIADIC.get(op_type, ()) else values[0]
 
     def _value(self, value):
-        torch = _torch()
-        tensor_type = value.type.tensorType
-        dtype_name = _dtype_name(tensor_type.dataType)
-        shape = tuple(d.constant.size for d in tensor_type.dimensions)
-        kind = value.WhichOneof("value")
-        if kind == "blobFileValue":
+        if value.WhichOneof("value") == "blobFileValue":
+            tensor_type = value.type.tensorType
+            shape = tuple(d.constant.size for d in tensor_type.dimensions)
             blob = value.blobFileValue
             file_name = blob.fileName.removeprefix("@model_path/weights/")
             if file_name not in self.blobs:
                 self.blobs[file_name] = _BlobFile(self.program.weights_dir / file_name)
-            return self.blobs[file_name].read(blob.offset, _torch_dtype(dtype_name), shape)
+            return self.blobs[file_name].read(blob.offset, _torch_dtype(_dtype_name(tensor_type.dataType)), shape)
+        return self.immediate(value)
+
+    @staticmethod
+    def immediate(value):
+        """A value written into the program itself: a tensor (or string), or a list of them (a classifier's labels)."""
+        torch = _torch()
+        kind = value.WhichOneof("value")
+        if kind == "immediateValue" and value.immediateValue.WhichOneof("value") == "list":
+            return [_Execution.immediate(item) for item in value.immediateValue.list.values]
         if kind != "immediateValue" or value.immediateValue.WhichOneof("value") != "tensor":
             raise UnverifiedOp("const", f"value of kind {kind}")
+        tensor_type = value.type.tensorType
+        dtype_name = _dtype_name(tensor_type.dataType)
+        shape = tuple(d.constant.size for d in tensor_type.dimensions)
         tensor = value.immediateValue.tensor
         field = tensor.WhichOneof("value")
         if dtype_name == "STRING":
@@ -206,6 +230,8 @@ def _as_declared(op_type: str, declared, result):
     """Store a result in the dtype the program declares (fp16 rounding happens here), checking its shape."""
     if isinstance(result, (str, list)):
         return result
+    if declared.type.WhichOneof("type") == "dictionaryType":
+        return result.float()  # a classifier's scores, in class-index order, stand for the label -> score dictionary
     tensor_type = declared.type.tensorType
     dims = tensor_type.dimensions
     if all(d.WhichOneof("dimension") == "constant" for d in dims):
@@ -311,6 +337,13 @@ def _sigmoid(x):
 def _sigmoid_hard(x, alpha=None, beta=None):
     alpha, beta = _scalar(alpha, 0.2), _scalar(beta, 0.5)
     return _torch().clamp(alpha * _f(x) + beta, 0.0, 1.0)
+
+
+@op("thresholded_relu")
+def _thresholded_relu(x, alpha):
+    """x where x >= alpha, else 0 (coremltools writes torch's hardswish as this, sigmoid_hard and mul)."""
+    x = _f(x)
+    return _torch().where(x >= float(_scalar(alpha)), x, _torch().zeros_like(x))
 
 
 @op("tanh")
@@ -490,9 +523,13 @@ def _expand_dims(x, axes):
 
 @op("concat")
 def _concat(values, axis, interleave=None):
-    if bool(_scalar(interleave, False)):
-        raise UnverifiedOp("concat", "interleave")
-    return _torch().cat(values, dim=int(_scalar(axis)))
+    torch = _torch()
+    axis = int(_scalar(axis)) % values[0].dim()
+    if not bool(_scalar(interleave, False)):
+        return torch.cat(values, dim=axis)
+    # Interleaved (equal shapes): output[i::k] along the axis is values[i], as in a channel shuffle.
+    stacked = torch.stack(values, dim=axis + 1)
+    return stacked.flatten(axis, axis + 1)
 
 
 @op("split")
@@ -550,3 +587,25 @@ def _blockwise_shift_scale(data, scale, offset=None):
 
     shifted = data.float() if offset is None else data.float() - expanded(offset)
     return shifted * expanded(scale)
+
+
+@op("constexpr_lut_to_dense")
+def _lut_to_dense(indices, lut, shape):
+    """lut[index] for each packed index; iOS 16 packs n-bit indices into bytes, least significant bit first."""
+    torch = _torch()
+    if lut.dim() != 1:
+        raise UnverifiedOp("constexpr_lut_to_dense", "grouped look-up tables (iOS 18 form)")
+    bits = int(math.log2(lut.shape[0]))
+    count = math.prod(_ints(shape))
+    stream = np.unpackbits(indices.numpy().astype(np.uint8), bitorder="little")[: count * bits].reshape(count, bits)
+    positions = stream.astype(np.int64) @ (1 << np.arange(bits, dtype=np.int64))
+    return lut[torch.from_numpy(positions)].reshape(_ints(shape))
+
+
+@op("classify")
+def _classify(probabilities, classes):
+    """A classifier's outputs: the label of the top score, and the scores (the label -> score dictionary)."""
+    scores = probabilities.float()
+    if scores.numel() != len(classes):
+        raise UnverifiedOp("classify", f"{scores.numel()} scores for {len(classes)} classes")
+    return str(classes[int(scores.reshape(-1).argmax())]), scores

@@ -1,14 +1,23 @@
-"""Run a noisy third-party converter in a child process: private cwd, timeout, output to a log."""
+"""Run a noisy third-party converter in a child process: private cwd, timeout, output to a log.
+
+The child leads a process group of its own, so a timeout or a Ctrl-C stops it and everything it started, and
+on Linux it is killed when we are, so no orphan goes on writing into a staging folder after a `kill -9`.
+"""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from exporter.errors import ConverterError
+from exporter.errors import ConverterError, disk_full_error
 
 LOG_TAIL_LINES = 15
+NO_SPACE_MESSAGE = "No space left on device"
+# Python converters iterate sets of strings, whose order changes with every interpreter start and leaks into
+# the files they write (e.g. TFLite's conversion metadata); a fixed hash seed makes reruns byte-identical.
+DETERMINISTIC_ENV = {"PYTHONHASHSEED": "0"}
 
 
 def run_converter(
@@ -16,32 +25,79 @@ def run_converter(
 ) -> None:
     """Run `args` (argv list, no shell) in `cwd`, appending its output to `log_path`.
 
-    Raises ConverterError naming `what`, with the last lines of its output, if it fails or times out.
+    Raises ConverterError naming `what`, with the last lines of its output, if it fails, crashes or times out;
+    InputError if it ran out of disk space.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, **(env or {})}
+    child_env = {**os.environ, **DETERMINISTIC_ENV, **(env or {})}
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(f"\n$ {' '.join(args)}\n")
         log.flush()
-        try:
-            completed = subprocess.run(
-                args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, env=child_env,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            raise ConverterError(
-                f"{what} did not finish within {timeout_s:.0f} s",
-                hint=f"see {log_path}; raise the timeout with --timeout if the model is large",
-            ) from None
-    if completed.returncode != 0:
+        returncode = run_contained(args, cwd=cwd, output=log, timeout_s=timeout_s, env=child_env)
+    if returncode is None:
         raise ConverterError(
-            f"{what} failed (exit code {completed.returncode}):\n{log_tail(log_path)}",
-            hint=f"the full converter output is in {log_path}",
+            f"{what} did not finish within {timeout_s:.0f} s and was stopped",
+            hint=f"see {log_path}; raise the timeout with --timeout if the model is large",
         )
+    if returncode != 0:
+        tail = log_tail(log_path)
+        if NO_SPACE_MESSAGE in tail:
+            raise disk_full_error(cwd)
+        raise ConverterError(f"{what} {how_it_ended(returncode)}:\n{tail}", hint=f"the full converter output is in {log_path}")
 
 
 def run_python_module(module: str, module_args: list[str], **kwargs) -> None:
     run_converter([sys.executable, "-m", module, *module_args], **kwargs)
+
+
+def run_contained(args: list[str], *, cwd: Path, output, timeout_s: float, env: dict) -> int | None:
+    """The child's return code, or None if it ran out of time. Whatever happens here, including Ctrl-C,
+    the child and everything it started are gone when this returns or raises."""
+    process = subprocess.Popen(
+        args, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+    )
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        _kill_group(process)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the group outlives its leader while grandchildren run
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+def _die_with_parent(parent_pid: int):
+    """A preexec_fn asking Linux to SIGKILL the child when this process dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
+
+    def arm() -> None:
+        prctl(set_parent_death_signal, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the request was armed
+            os._exit(1)
+
+    return arm
+
+
+def how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"crashed ({name})"
+    return f"failed (exit code {returncode})"
 
 
 def log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -10,6 +10,12 @@ import numpy as np
 from exporter.contract import InputContract
 
 
+# Parity, calibration and explain runs are about numbers, not speed: one thread. Runtimes' worker threads
+# spin-wait, and on a busy machine that costs many times the work (int8 MobileNetV2 in LiteRT: 15 ms of CPU
+# per image on one thread, 145 ms on two, measured on a loaded 2-core host). Benchmarks set their own.
+VALIDATION_THREADS = 1
+
+
 @dataclass(frozen=True)
 class OnnxModel:
     """The simplified, checked ONNX file every target converts from."""
@@ -33,6 +39,8 @@ class ConversionJob:
     timeout_s: float = 1800.0
     int8_io: bool = False  # int8 input/output tensors for full-integer artifacts (else float I/O)
     torch_module: object | None = None  # the eval-mode torch.nn.Module, for targets that convert from PyTorch
+    labels: tuple[str, ...] | None = None  # class names, one per output index, for targets that embed them
+    coreml_palettize: bool = False  # Core ML: also build the 6-bit palettized package
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,23 @@
 """Core ML target (iOS): coremltools converts the traced PyTorch module to ML Program `.mlpackage`s.
 
 Three artifacts: fp32, fp16 (float16 weights and compute), and int8 (int8 weights, per-channel symmetric,
-dequantized to float16 at load; compute stays float16).
+dequantized to float16 at load; compute stays float16); on request (job.coreml_palettize) a fourth,
+palette6 (6-bit k-means look-up-table weights, float16 compute).
 
 The input is an image, not a tensor: the app hands Core ML a pixel buffer and the model itself applies
 the input contract, `tensor = (pixel / pixel_scale - mean) / std`. Core ML's ImageType has one scalar
 `scale` and a per-channel `bias`, so a per-channel std (ImageNet's 0.229, 0.224, 0.225) cannot live in it;
 then the ImageType does `pixel / pixel_scale - mean` and a fixed per-channel multiply by 1/std is traced
 into the model in front of the user's module.
+
+With class labels (the export's labels, one per output of a (1, classes) output), each package is a
+Core ML classifier: `classLabel` (the top class) and a score dictionary `classLabel_probs`. The scores are
+the model's own outputs, unchanged (coremltools adds no softmax), so they are the numbers parity compares.
+Labels that repeat (ImageNet has two "sunglasses") get their class index appended, because dictionary
+keys must be unique.
+
+An ONNX source has no PyTorch module: pnnx regenerates one from the graph (targets/onnx_to_torch.py), and
+that module is converted; parity still compares with ONNX Runtime on the source file.
 
 Parity: on macOS the real Core ML runtime runs each artifact; elsewhere the reference evaluator
 (targets/_mil_reference.py) executes the saved program op by op. The Runner says which ran
@@ -17,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,12 +36,16 @@ import numpy as np
 
 from exporter.capture import output_to
 from exporter.contract import InputContract
-from exporter.errors import ConverterError, InputError
+from exporter.errors import ConverterError
 from targets.base import Artifact, ConversionJob, run_in_chunks
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "output"
+CLASS_LABEL_NAME = "classLabel"
 PRECISIONS = ("fp32", "fp16", "int8")
+PALETTE_PRECISION = "palette6"  # 6-bit palettized weights (a 64-entry look-up table per tensor), on request
+PALETTE_BITS = 6
+LICENSE = "not specified: the license of the model's weights applies (set it before you ship)"
 # iOS 16 is the first release with compressed (constexpr) weights; ML Programs need iOS 15 at least.
 MINIMUM_DEPLOYMENT_TARGET = "iOS16"
 EVALUATOR_RUNTIME, EVALUATOR_REFERENCE = "coreml-runtime", "reference"
@@ -78,8 +93,21 @@ def import_coremltools():
     return coremltools
 
 
-def evaluator_name() -> str:
-    return EVALUATOR_RUNTIME if sys.platform == "darwin" else EVALUATOR_REFERENCE
+def evaluator_name(platform: str | None = None) -> str:
+    """The real Core ML runtime exists on macOS only; everywhere else the reference evaluator runs."""
+    return EVALUATOR_RUNTIME if (platform or sys.platform) == "darwin" else EVALUATOR_REFERENCE
+
+
+def classifier_labels(labels, output_shape: tuple[int, ...]) -> tuple[str, ...] | None:
+    """The class labels to embed, or None when the output is not one score per label for one image.
+
+    A Core ML classifier reports scores in a dictionary keyed by label, so repeated labels get their class
+    index appended ("sunglasses #836", "sunglasses #837"); the labels file keeps the names as given.
+    """
+    if not labels or len(output_shape) != 2 or output_shape[0] != 1 or output_shape[1] != len(labels):
+        return None
+    counts = Counter(labels)
+    return tuple(f"{label} #{index}" if counts[label] > 1 else label for index, label in enumerate(labels))
 
 
 class CoreMLTarget:
@@ -87,59 +115,96 @@ class CoreMLTarget:
     runtime = "coreml"
 
     def convert(self, job: ConversionJob) -> list[Artifact]:
-        if job.torch_module is None:
-            raise InputError(
-                "the Core ML target needs a PyTorch model; this export's source is an ONNX file",
-                hint="pass the PyTorch model (zoo:, python:, TorchScript .pt or ExportedProgram .pt2) to --model, "
-                "or choose --target android",
-            )
         preprocessing = image_preprocessing(job.contract)
-        traced = _trace(job.torch_module, job.contract, preprocessing)
+        module, source = _torch_module(job)
+        traced = _trace(module, job.contract, preprocessing)
+        class_labels = classifier_labels(job.labels, job.onnx.output_shape)
+        precisions = (*PRECISIONS, PALETTE_PRECISION) if job.coreml_palettize else PRECISIONS
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
         ct = import_coremltools()
-        artifacts = []
         try:
             with output_to(job.log_path):
-                models = _convert_all(ct, traced, job.contract, preprocessing)
+                models = _convert_all(ct, traced, job.contract, preprocessing, class_labels, precisions)
                 for precision, model in models.items():
                     folder = job.workdir / precision
                     folder.mkdir()
-                    _describe(model, precision, job.contract)
+                    _describe(model, precision, job.contract, source)
                     model.save(str(folder / "model.mlpackage"))
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:
             raise ConverterError(f"coremltools failed: {type(error).__name__}: {str(error)[:500]}",
                                  hint=f"the full converter output is in {job.log_path}") from error
+        classifier = _classifier_details(models[PRECISIONS[0]], class_labels, job.labels)
+        return [self._artifact(job.workdir / precision / "model.mlpackage", precision, preprocessing, source,
+                               classifier) for precision in precisions]
+
+    def _artifact(self, path: Path, precision: str, preprocessing: ImagePreprocessing, source: str,
+                  classifier: dict | None) -> Artifact:
         from targets._mil_reference import load_program
 
-        for precision in PRECISIONS:
-            path = job.workdir / precision / "model.mlpackage"
-            # Reading the program back lists its ops and fails early, here, on one the evaluator lacks.
-            program_ops = load_program(path).op_counts if evaluator_name() == EVALUATOR_REFERENCE else None
-            artifacts.append(Artifact(
-                path=path, runtime=self.runtime, precision=precision,
-                details={
-                    "format": "mlprogram (.mlpackage)",
-                    "minimum_deployment_target": MINIMUM_DEPLOYMENT_TARGET,
-                    "compute_precision": "float32" if precision == "fp32" else "float16",
-                    "weights": {"fp32": "float32", "fp16": "float16",
-                                "int8": "int8 per-channel symmetric (linear_quantize_weights) for tensors of "
-                                        f"{QUANTIZE_MIN_ELEMENTS}+ elements, float16 below; float16 compute"}[precision],
-                    "input": {"name": INPUT_NAME, "type": "ImageType", **asdict(preprocessing)},
-                    "output_name": OUTPUT_NAME,
-                    "evaluator": evaluator_name(),
-                    **({"ops": program_ops} if program_ops else {}),
-                },
-            ))
-        return artifacts
+        # Reading the program back lists its ops and fails early, here, on one the evaluator lacks.
+        program_ops = load_program(path).op_counts if evaluator_name() == EVALUATOR_REFERENCE else None
+        return Artifact(
+            path=path, runtime=self.runtime, precision=precision,
+            details={
+                "format": "mlprogram (.mlpackage)",
+                "minimum_deployment_target": MINIMUM_DEPLOYMENT_TARGET,
+                "source": source,
+                "compute_precision": "float32" if precision == "fp32" else "float16",
+                "weights": WEIGHT_DESCRIPTIONS[precision],
+                "input": {"name": INPUT_NAME, "type": "ImageType", **asdict(preprocessing)},
+                "output_name": classifier["scores_output"] if classifier else OUTPUT_NAME,
+                "classifier": classifier,
+                "evaluator": evaluator_name(),
+                **({"ops": program_ops} if program_ops else {}),
+            },
+        )
 
     def load(self, artifact: Artifact) -> "CoreMLRunner":
-        return CoreMLRunner(artifact.path, ImagePreprocessing(**{
-            key: (tuple(value) if isinstance(value, list) else value)
-            for key, value in artifact.details["input"].items() if key not in ("name", "type")
-        }))
+        return CoreMLRunner(artifact.path, preprocessing_of(artifact), artifact.details.get("output_name", OUTPUT_NAME))
 
     def tool_versions(self) -> dict[str, str]:
         return {"coremltools": metadata.version("coremltools")}
+
+
+WEIGHT_DESCRIPTIONS = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "int8": f"int8 per-channel symmetric (linear_quantize_weights) for tensors of {QUANTIZE_MIN_ELEMENTS}+ elements, "
+            "float16 below; float16 compute",
+    PALETTE_PRECISION: f"{PALETTE_BITS}-bit palettized (palettize_weights, k-means look-up table per tensor) for "
+                       f"tensors of {QUANTIZE_MIN_ELEMENTS}+ elements, float16 below; float16 compute",
+}
+
+
+def preprocessing_of(artifact: Artifact) -> ImagePreprocessing:
+    """The image preprocessing an artifact's manifest details record (lists there, tuples here)."""
+    return ImagePreprocessing(**{
+        key: (tuple(value) if isinstance(value, list) else value)
+        for key, value in artifact.details["input"].items() if key not in ("name", "type")
+    })
+
+
+def _torch_module(job: ConversionJob):
+    """The module to convert and where it came from: the user's, or one pnnx regenerated from the ONNX graph."""
+    if job.torch_module is not None:
+        return job.torch_module, "PyTorch module"
+    from targets.onnx_to_torch import torch_module_from_onnx
+
+    module = torch_module_from_onnx(job.onnx, job.workdir / "pnnx", job.log_path, job.timeout_s)
+    return module, "PyTorch module regenerated from the ONNX graph by pnnx"
+
+
+def _classifier_details(model, class_labels, labels) -> dict | None:
+    if not class_labels:
+        return None
+    description = model.get_spec().description
+    return {
+        "class_label_output": description.predictedFeatureName,
+        "scores_output": description.predictedProbabilitiesName,
+        "classes": len(class_labels),
+        "scores": "the model's raw outputs, unchanged (no softmax added), keyed by label",
+        "repeated_labels_with_index_appended": sum(a != b for a, b in zip(class_labels, labels)),
+    }
 
 
 def _with_channel_multipliers(module, multipliers: tuple[float, ...]):
@@ -172,26 +237,33 @@ def _trace(module, contract: InputContract, preprocessing: ImagePreprocessing):
                              hint="Core ML conversion traces the model; make forward() traceable") from None
 
 
-def _convert_all(ct, traced, contract: InputContract, preprocessing: ImagePreprocessing) -> dict:
+def _convert_all(ct, traced, contract: InputContract, preprocessing: ImagePreprocessing, class_labels,
+                 precisions: tuple[str, ...]) -> dict:
     from coremltools.optimize import coreml as optimize
 
     layout = {"RGB": ct.colorlayout.RGB, "BGR": ct.colorlayout.BGR, "G": ct.colorlayout.GRAYSCALE}
     bias = preprocessing.bias[0] if preprocessing.color_layout == "G" else list(preprocessing.bias)
     image = ct.ImageType(name=INPUT_NAME, shape=contract.input_shape, scale=preprocessing.scale, bias=bias,
                          color_layout=layout[preprocessing.color_layout])
+    classifier = ct.ClassifierConfig(list(class_labels), predicted_feature_name=CLASS_LABEL_NAME) if class_labels else None
     common = dict(inputs=[image], outputs=[ct.TensorType(name=OUTPUT_NAME)], convert_to="mlprogram",
-                  minimum_deployment_target=getattr(ct.target, MINIMUM_DEPLOYMENT_TARGET))
+                  classifier_config=classifier, minimum_deployment_target=getattr(ct.target, MINIMUM_DEPLOYMENT_TARGET))
     fp32 = ct.convert(traced, compute_precision=ct.precision.FLOAT32, **common)
     fp16 = ct.convert(traced, compute_precision=ct.precision.FLOAT16, **common)
-    config = optimize.OptimizationConfig(global_config=optimize.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=QUANTIZE_MIN_ELEMENTS))
-    int8 = optimize.linear_quantize_weights(fp16, config)
-    return {"fp32": fp32, "fp16": fp16, "int8": int8}
+    int8 = optimize.linear_quantize_weights(fp16, optimize.OptimizationConfig(global_config=optimize.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=QUANTIZE_MIN_ELEMENTS)))
+    models = {"fp32": fp32, "fp16": fp16, "int8": int8}
+    if PALETTE_PRECISION in precisions:
+        models[PALETTE_PRECISION] = optimize.palettize_weights(fp16, optimize.OptimizationConfig(
+            global_config=optimize.OpPalettizerConfig(mode="kmeans", nbits=PALETTE_BITS,
+                                                      weight_threshold=QUANTIZE_MIN_ELEMENTS)))
+    return models
 
 
-def _describe(model, precision: str, contract: InputContract) -> None:
+def _describe(model, precision: str, contract: InputContract, source: str) -> None:
     model.author = "mobile-export"
     model.version = metadata.version("mobile-export")
+    model.license = LICENSE
     model.short_description = (
         f"Image model exported by mobile-export ({precision}). Input: a {contract.width}x{contract.height} "
         f"{'grayscale' if contract.channels == 1 else contract.color.upper()} image; the model applies "
@@ -199,6 +271,7 @@ def _describe(model, precision: str, contract: InputContract) -> None:
     )
     model.user_defined_metadata.update({
         "mobile_export.precision": precision,
+        "mobile_export.source": source,
         "mobile_export.mean": ",".join(f"{v:g}" for v in contract.mean),
         "mobile_export.std": ",".join(f"{v:g}" for v in contract.std),
         "mobile_export.pixel_scale": f"{contract.pixel_scale:g}",
@@ -210,12 +283,17 @@ class CoreMLRunner:
     """Takes preprocessed NCHW tensors like every runner, turns them back into the pixels the model's
     ImageType input expects, and runs the Core ML runtime (macOS) or the reference evaluator (elsewhere)."""
 
-    def __init__(self, path: Path, preprocessing: ImagePreprocessing):
-        self.evaluator = evaluator_name()
+    def __init__(self, path: Path, preprocessing: ImagePreprocessing, output_name: str = OUTPUT_NAME,
+                 evaluator: str | None = None):
+        self.evaluator = evaluator or evaluator_name()
         self._preprocessing = preprocessing
+        self._output_name = output_name
         if self.evaluator == EVALUATOR_RUNTIME:
+            from targets._mil_reference import class_labels
+
             ct = import_coremltools()
             self._model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+            self._class_labels = class_labels(path)  # the order of the score dictionary's keys
             self._batch = 1  # an image input takes one pixel buffer per prediction
         else:
             from targets._mil_reference import load_program
@@ -229,8 +307,13 @@ class CoreMLRunner:
     def _run_fixed_batch(self, batch_nchw: np.ndarray) -> np.ndarray:
         pixels = self._preprocessing.pixels_from_tensor(batch_nchw)
         if self.evaluator == EVALUATOR_REFERENCE:
-            return self._program.run({INPUT_NAME: pixels})[OUTPUT_NAME]
-        return self._model.predict({INPUT_NAME: _pil_image(pixels[0], self._preprocessing.color_layout)})[OUTPUT_NAME]
+            return self._program.run({INPUT_NAME: pixels})[self._output_name]
+        # Not run here: this branch needs macOS (the Core ML runtime); Linux CI tests only its selection.
+        output = self._model.predict({INPUT_NAME: _pil_image(pixels[0], self._preprocessing.color_layout)})
+        scores = output[self._output_name]
+        if isinstance(scores, dict):  # a classifier's score dictionary, back into class-index order
+            scores = np.asarray([[scores[label] for label in self._class_labels]], dtype=np.float32)
+        return np.asarray(scores, dtype=np.float32)
 
 
 def _pil_image(pixels_chw: np.ndarray, color_layout: str):

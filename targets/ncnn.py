@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import ConverterError
+from exporter.errors import ConverterError, InputError
 from targets._process import run_converter
-from targets.base import Artifact, ConversionJob
+from targets.base import VALIDATION_THREADS, Artifact, ConversionJob
 
 # fp16=1 stores weights as float16 in the .bin (half the size); arithmetic precision is a runtime option.
 STORAGE_PRECISIONS = {"fp32": 0, "fp16": 1}
@@ -49,6 +49,7 @@ class NcnnTarget:
                 hint="the graph likely uses an op ncnn does not support; see the ncnn log in OUT/<model>/logs/",
             )
         blobs = read_param(param)
+        _refuse_unknown_layers(blobs)
         return Artifact(
             path=param, runtime=self.runtime, precision=precision, companions=(weights,),
             details={"layout": "CHW (no batch axis)", "input_blob": blobs.input_blob, "output_blob": blobs.output_blob,
@@ -69,6 +70,16 @@ def _pnnx_executable() -> str:
     if not found:
         raise ConverterError("the pnnx converter is not installed", hint="run `make venv` to install the pinned tools")
     return found
+
+
+def _refuse_unknown_layers(blobs: "ParamSummary") -> None:
+    """pnnx passes ops it cannot convert through under their own name; ncnn would refuse to load them."""
+    import ncnn
+
+    unknown = sorted(layer for layer in blobs.layer_counts if ncnn.layer_to_index(layer) < 0)
+    if unknown:
+        raise InputError(f"the model uses {', '.join(unknown)}, which ncnn cannot run",
+                         hint="replace that op in the model, or build another --target (--keep-going builds the rest)")
 
 
 class ParamSummary:
@@ -108,7 +119,7 @@ def read_param(param: Path) -> ParamSummary:
 class NcnnRunner:
     """Feeds ncnn one C x H x W sample at a time and restores the batch axis on the way out."""
 
-    def __init__(self, param: Path, weights: Path, precision: str, threads: int = 2):
+    def __init__(self, param: Path, weights: Path, precision: str, threads: int = VALIDATION_THREADS):
         import ncnn
 
         self._net = ncnn.Net()

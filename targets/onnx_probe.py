@@ -5,6 +5,8 @@ from typing import Iterator
 
 import numpy as np
 
+from targets.base import VALIDATION_THREADS
+
 
 def conv_group(conv) -> int:
     """An ONNX Conv node's `group` attribute (1 when absent)."""
@@ -25,6 +27,7 @@ def inner_tensors(model, tensor_names: list[str], samples: np.ndarray) -> Iterat
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = VALIDATION_THREADS
     session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     model_input = session.get_inputs()[0]
     batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 1

@@ -83,3 +83,23 @@ def digit_photo_folder(tmp_path_factory) -> Path:
         suffix = "png" if index % 2 else "jpg"
         Image.fromarray(photo).save(folder / f"digit_{index:03d}_{label}.{suffix}", quality=95)
     return folder
+
+
+@pytest.fixture(scope="session")
+def digits_android_export(user_package, digit_photo_folder, tmp_path_factory) -> Path:
+    """The digits model exported with --target android (TFLite fp32/fp16/int8, ncnn), once per session.
+    Returns OUT/my_mod. Tests that change files copy the folder first."""
+    import os
+    import subprocess
+
+    out = tmp_path_factory.mktemp("digits_android")
+    labels = out / "digit_names.txt"
+    labels.write_text("\n".join(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]))
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "export", "--model", "python:my_pkg.my_mod:build", "--input-shape",
+         "1,3,32,32", "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)), "--calib",
+         str(digit_photo_folder), "--labels", str(labels), "--target", "android", "--out", str(out)],
+        cwd=user_package, capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "my_mod"

@@ -9,7 +9,7 @@ from exporter.errors import InputError
 
 NO_FLAGS = dict.fromkeys(
     ["model", "target", "out", "weights", "trust_pickle", "calib", "val", "labels", "int8_io", "timeout_s",
-     "input_shape", "mean", "std", "color", "pixel_scale"]
+     "input_shape", "mean", "std", "color", "pixel_scale", "rebuild"]
 )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from exporter.config import build_spec
 from exporter.contract import InputContract
-from exporter.errors import ConverterError, InputError
+from exporter.errors import ConverterError
 from tests.test_contract_and_config import NO_FLAGS
 from tests.test_end_to_end import DIGITS_CONTRACT, run_cli
 
@@ -37,24 +37,29 @@ def _digit_tensors(count: int = 40) -> np.ndarray:
     return preprocess(photos[-count:])  # the fixture trained on the first 1500
 
 
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
 @pytest.fixture(scope="module")
 def ios_export(user_package, digit_photo_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("ios_out")
+    labels = out / "digits.txt"
+    labels.write_text("\n".join(DIGIT_NAMES) + "\n")
     result = run_cli(
         ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT, "--calib", str(digit_photo_folder),
-         "--target", "ios", "--out", str(out)],
+         "--labels", str(labels), "--coreml-palettize", "--target", "ios", "--out", str(out)],
         cwd=user_package,
     )
     return result, out / "my_mod"
 
 
-def test_ios_export_builds_three_mlpackages_whose_parity_the_evaluator_computed(ios_export):
+def test_ios_export_builds_mlpackages_whose_parity_the_evaluator_computed(ios_export):
     result, model_dir = ios_export
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((model_dir / "manifest.json").read_text())
     coreml = {a["precision"]: a for a in manifest["artifacts"] if a["runtime"] == "coreml"}
-    assert set(coreml) == {"fp32", "fp16", "int8"}
-    for precision, minimum in (("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.99)):
+    assert set(coreml) == {"fp32", "fp16", "int8", "palette6"}
+    for precision, minimum in (("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.99), ("palette6", 0.99)):
         artifact = coreml[precision]
         assert artifact["path"] == f"my_mod_{precision}.mlpackage"
         assert (model_dir / artifact["path"] / "Manifest.json").is_file()
@@ -63,6 +68,10 @@ def test_ios_export_builds_three_mlpackages_whose_parity_the_evaluator_computed(
         assert artifact["parity"]["passed"] and artifact["parity"]["cosine"] >= minimum
         assert artifact["parity"]["samples"] >= 15
     assert coreml["int8"]["details"]["ops"]["constexpr_affine_dequantize"] >= 1  # int8 weights really are there
+    assert coreml["palette6"]["details"]["ops"]["constexpr_lut_to_dense"] >= 1  # and 6-bit look-up tables
+    # With labels each package is a classifier; parity compared its score dictionary, which the evaluator ran.
+    assert coreml["fp32"]["details"]["ops"]["classify"] == 1
+    assert coreml["fp32"]["details"]["classifier"]["scores_output"] == coreml["fp32"]["details"]["output_name"]
     assert manifest["tools"]["coremltools"] != "not installed"
     assert f"run by the {EXPECTED_EVALUATOR} evaluator" in result.stderr
 
@@ -81,7 +90,25 @@ def test_mlpackage_checksum_covers_every_file_and_metadata_is_set(ios_export):
     spec = import_coremltools().models.MLModel(str(package), skip_model_load=True).get_spec()
     assert spec.description.metadata.author == "mobile-export"
     assert spec.description.metadata.versionString and spec.description.metadata.shortDescription
+    assert spec.description.metadata.license
     assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
+    assert spec.description.predictedFeatureName == "classLabel"
+    assert [o.type.WhichOneof("Type") for o in spec.description.output] == ["stringType", "dictionaryType"]
+
+
+def test_the_classifier_labels_each_score_with_its_class_name(ios_export):
+    from targets._mil_reference import class_labels, load_program
+
+    _, model_dir = ios_export
+    package = model_dir / "my_mod_fp32.mlpackage"
+    assert class_labels(package) == DIGIT_NAMES
+    samples = _digit_tensors(5)
+    from targets.coreml import image_preprocessing
+
+    contract = InputContract((1, 3, 32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    pixels = image_preprocessing(contract).pixels_from_tensor(samples[:1])
+    outputs = load_program(package).run({"image": pixels})
+    assert outputs["classLabel"] == DIGIT_NAMES[int(outputs["classLabel_probs"].argmax())]
 
 
 def test_a_corrupted_weight_in_the_saved_package_fails_parity(ios_export, user_package, tmp_path):
@@ -156,16 +183,107 @@ def test_an_op_the_evaluator_does_not_know_is_not_verified(tmp_path):
     assert "parity was not proven" in caught.value.hint
 
 
-def test_an_onnx_source_is_refused_with_a_hint(user_package, digit_photo_folder, tmp_path):
+def test_an_onnx_source_converts_through_a_regenerated_pytorch_module(tmp_path):
+    """coremltools reads no ONNX: pnnx rewrites the graph as a PyTorch module, which is converted."""
     import torch
 
-    source = tmp_path / "digits.onnx"
-    torch.onnx.export(_digits_module(user_package), (torch.zeros(1, 3, 32, 32),), str(source), dynamo=False,
-                      opset_version=17)
-    result = run_cli(["--model", str(source), *DIGITS_CONTRACT, "--calib", str(digit_photo_folder), "--target", "ios",
-                      "--out", "out"], cwd=tmp_path)
-    assert result.returncode == InputError.exit_code, result.stderr[-2000:]
-    assert "Core ML target needs a PyTorch model" in result.stderr and "fix:" in result.stderr
+    from targets.base import ConversionJob, OnnxModel
+    from targets.coreml import CoreMLTarget
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.Hardswish(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 8, 3, groups=4), torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    ).eval()
+    with torch.no_grad():
+        module[1].running_mean.uniform_(-1, 1)
+        module[1].running_var.uniform_(0.5, 2)
+    source = tmp_path / "small.onnx"
+    torch.onnx.export(module, (torch.zeros(1, 3, 16, 16),), str(source), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["output"])
+    contract = InputContract((1, 3, 16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    job = ConversionJob(
+        onnx=OnnxModel(source, "input", "output", (1, 3, 16, 16), (1, 4)), contract=contract,
+        calibration=np.zeros((1, 3, 16, 16), np.float32), workdir=tmp_path / "work", log_path=tmp_path / "coreml.log",
+        torch_module=None,
+    )
+    job.workdir.mkdir()
+    artifacts = {a.precision: a for a in CoreMLTarget().convert(job)}
+    assert set(artifacts) == {"fp32", "fp16", "int8"}
+    assert "pnnx" in artifacts["fp32"].details["source"]
+    assert "pnnx" in (tmp_path / "coreml.log").read_text()
+
+    import onnxruntime
+
+    from validation.parity import DEFAULT_THRESHOLDS, compare
+
+    samples = np.random.default_rng(1).uniform(-2, 2, (6, 3, 16, 16)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    reference = np.concatenate([session.run(None, {"input": sample[None]})[0] for sample in samples])
+    runner = CoreMLTarget().load(artifacts["fp32"])
+    parity = compare(reference, runner.run(samples), DEFAULT_THRESHOLDS["fp32"])
+    assert parity.passed, parity.failures
+    assert runner.evaluator == EXPECTED_EVALUATOR
+
+
+def test_repeated_labels_get_their_class_index_and_other_outputs_get_no_classifier():
+    from targets.coreml import classifier_labels
+
+    assert classifier_labels(("cat", "sunglasses", "dog", "sunglasses"), (1, 4)) == (
+        "cat", "sunglasses #1", "dog", "sunglasses #3")
+    assert classifier_labels(("cat", "dog"), (1, 3)) is None  # labels do not match the outputs
+    assert classifier_labels(("cat", "dog"), (2, 2)) is None  # Core ML classifies one image per prediction
+    assert classifier_labels(None, (1, 2)) is None
+
+
+def test_the_real_runtime_is_chosen_on_macos_only():
+    from targets.coreml import evaluator_name
+
+    assert evaluator_name("darwin") == "coreml-runtime"
+    assert evaluator_name("linux") == "reference" and evaluator_name("win32") == "reference"
+
+
+def test_the_runtime_branch_feeds_pixels_and_orders_classifier_scores(ios_export, monkeypatch):
+    """The macOS branch cannot run here (no Core ML runtime): a stand-in for MLModel checks what it is fed
+    and answers like Core ML does, a label -> score dictionary; the runner must restore class-index order."""
+    from PIL import Image
+
+    from targets import coreml
+    from targets.base import Artifact
+
+    _, model_dir = ios_export
+    fed = []
+
+    real_mlmodel = coreml.import_coremltools().models.MLModel
+
+    class FakeMLModel:
+        def __init__(self, path, compute_units=None, skip_model_load=False):
+            self.saved = real_mlmodel(path, skip_model_load=True)  # reading the spec works on any OS
+
+        def get_spec(self):
+            return self.saved.get_spec()
+
+        def predict(self, inputs):
+            fed.append(inputs["image"])
+            return {"classLabel": "nine", "classLabel_probs": {name: float(i) for i, name in
+                                                                reversed(list(enumerate(DIGIT_NAMES)))}}
+
+    monkeypatch.setattr(coreml.import_coremltools().models, "MLModel", FakeMLModel)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    record = next(a for a in manifest["artifacts"] if a["runtime"] == "coreml" and a["precision"] == "fp16")
+    artifact = Artifact(model_dir / record["path"], "coreml", "fp16", details=record["details"])
+    preprocessing = coreml.preprocessing_of(artifact)
+    runner = coreml.CoreMLRunner(artifact.path, preprocessing, record["details"]["output_name"],
+                                 evaluator="coreml-runtime")
+    samples = _digit_tensors(2)
+    scores = runner.run(samples)
+    np.testing.assert_array_equal(scores, np.tile(np.arange(10, dtype=np.float32), (2, 1)))
+    assert len(fed) == 2
+    pixels = np.rint(preprocessing.pixels_from_tensor(samples)).transpose(0, 2, 3, 1)
+    for image, expected in zip(fed, pixels):
+        assert isinstance(image, Image.Image) and image.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(image), np.clip(expected, 0, 255).astype(np.uint8))
 
 
 @pytest.mark.parametrize("std, color", [((0.25, 0.25, 0.25), "rgb"), ((0.229, 0.224, 0.225), "bgr")])

@@ -18,6 +18,7 @@ DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
     "fp32": ParityThresholds(cosine=0.99999),
     "fp16": ParityThresholds(cosine=0.999),
     "int8": ParityThresholds(cosine=0.99, top1_agreement=0.95),
+    "palette6": ParityThresholds(cosine=0.99, top1_agreement=0.95),  # Core ML 6-bit weights: gated like int8
 }
 
 

@@ -1,0 +1,195 @@
+"""report.html / report.md and bundle.zip for app teams, from a real export of the digits model."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import zipfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from exporter.cli import main
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+# Test input for the report's FPS section, in bench.json's schema; not a measurement of anything.
+BENCH_ROWS = [
+    {"profile": "host", "artifact": "my_mod_int8.tflite", "runtime": "tflite", "precision": "int8",
+     "latency_ms": {"p50": 1.5, "p90": 1.9, "p99": 2.4, "mean": 1.6}, "fps": 666.67, "fps_basis": "p50",
+     "kind": "measured", "target_fps": 30.0, "passed": True, "gated": False, "method": "test input"},
+    {"profile": "test-phone", "artifact": "my_mod_fp32.ncnn.param", "runtime": "ncnn", "precision": "fp32",
+     "latency_ms": {"p50": None, "p90": None, "p99": None, "mean": 40.0}, "fps": 25.0, "fps_basis": "mean",
+     "kind": "projected", "target_fps": 30.0, "passed": False, "gated": True, "method": "test input"},
+]
+
+
+def report_cli(model_dir: Path):
+    return CliRunner().invoke(main, ["report", str(model_dir)])
+
+
+@pytest.fixture(scope="module")
+def reported(digits_android_export, tmp_path_factory) -> Path:
+    """A copy of the export with explain's findings for int8, then report.html, report.md and bundle.zip."""
+    model_dir = tmp_path_factory.mktemp("reported") / "my_mod"
+    shutil.copytree(digits_android_export, model_dir)
+    explained = CliRunner().invoke(main, ["explain", str(model_dir), "--artifact", "int8", "--samples", "10"])
+    assert explained.exit_code == 0, explained.output
+    result = report_cli(model_dir)
+    assert result.exit_code == 0, result.output
+    return model_dir
+
+
+def chromium_dom(html_path: Path, profile_dir: Path) -> str:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("headless Chromium is not installed: run `make browser` (installs Debian's chromium package)")
+    result = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--virtual-time-budget=10000", "--dump-dom",
+         html_path.resolve().as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0 and "<body" in result.stdout, result.stderr[-2000:]
+    return result.stdout
+
+
+class TableRows(HTMLParser):
+    """{table class: [row cells]} of a document."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table, self._row, self._cell = None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._table = dict(attrs).get("class", "")
+            self.tables.setdefault(self._table, [])
+        elif tag == "tr":
+            self._row = []
+        elif tag == "td":
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._row is not None:
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._row:
+            self.tables[self._table].append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def body_attributes(dom: str) -> dict[str, str]:
+    return dict(re.findall(r'(data-[\w-]+)="([^"]*)"', re.search(r"<body[^>]*>", dom).group(0)))
+
+
+def test_chromium_renders_the_parity_and_fps_tables_and_decodes_every_plot(reported, tmp_path):
+    model_dir = tmp_path / "my_mod"
+    shutil.copytree(reported, model_dir)
+    (model_dir / "bench.json").write_text(json.dumps({"schema_version": 1, "rows": BENCH_ROWS, "not_measured": []}))
+    assert report_cli(model_dir).exit_code == 0
+
+    dom = chromium_dom(model_dir / "report.html", tmp_path / "chromium-profile")
+    parser = TableRows()
+    parser.feed(dom)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    parity_rows = {row[0]: row for row in parser.tables["parity"]}
+    for artifact in manifest["artifacts"]:
+        row = parity_rows[Path(artifact["path"]).name]
+        assert row[5] == f"{artifact['parity']['cosine']:.6f}" and row[-1] == "pass"
+    fps_rows = parser.tables["fps"]
+    assert [(row[0], row[1], row[8], row[11]) for row in fps_rows] == [
+        ("host", "my_mod_int8.tflite", "666.7", "pass"), ("test-phone", "my_mod_fp32.ncnn.param", "25.0", "FAIL")]
+    explained = json.loads((model_dir / "my_mod_int8.explain.json").read_text())
+    assert len(parser.tables["layers"]) == len(explained["layers"])
+    images = body_attributes(dom)
+    assert images["data-images"] == images["data-images-decoded"] == "2"  # latency and per-layer error plots
+
+
+def test_report_without_bench_json_says_how_to_get_fps(reported):
+    markdown = (reported / "report.md").read_text()
+    assert "no FPS measurement yet: run mobile-export bench" in markdown
+    assert "no FPS measurement yet" in (reported / "report.html").read_text()
+    for artifact in json.loads((reported / "manifest.json").read_text())["artifacts"]:
+        assert f"| {Path(artifact['path']).name} | {artifact['runtime']} | {artifact['precision']} |" in markdown
+    assert "CONV_2D" in markdown and "Convolution" in markdown  # op counts of the TFLite and ncnn artifacts
+    for link in re.findall(r"\]\((report_plots/[^)]+)\)", markdown):
+        assert (reported / link).is_file()
+
+
+def test_html_loads_nothing_from_the_network(reported):
+    page = (reported / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    sources = re.findall(r'<img[^>]*src="([^"]{0,30})', page)
+    assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
+
+
+def test_bundle_holds_the_checked_artifacts_labels_contract_and_snippets(reported):
+    manifest = json.loads((reported / "manifest.json").read_text())
+    with zipfile.ZipFile(reported / "bundle.zip") as bundle:
+        names = set(bundle.namelist())
+        for artifact in manifest["artifacts"]:
+            for record in artifact["files"]:
+                assert hashlib.sha256(bundle.read(record["path"])).hexdigest() == record["sha256"]
+        assert {"labels.txt", "manifest.json", "input_contract.json", "report.html", "README.md"} <= names
+        contract = json.loads(bundle.read("input_contract.json"))
+        kotlin = bundle.read("android/LiteRtClassifier.kt").decode()
+        ncnn = bundle.read("android/ncnn_classifier.cpp").decode()
+        readme = bundle.read("README.md").decode()
+        assert bundle.read("labels.txt").decode().split() == (reported / "labels.txt").read_text().split()
+        assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in bundle.infolist())
+    assert contract["mean"] == [0.5, 0.5, 0.5] and contract["std"] == [0.25, 0.25, 0.25]
+    assert contract["channel_order"] == ["r", "g", "b"] and contract["input_shape"] == [1, 3, 32, 32]
+    # Snippets carry this export's numbers and names, not placeholders.
+    assert '"my_mod_int8.tflite"' in kotlin and "floatArrayOf(0.5f, 0.5f, 0.5f)" in kotlin
+    assert "const val WIDTH = 32" in kotlin and "FloatArray(10)" in kotlin
+    ncnn_entry = next(a for a in manifest["artifacts"] if a["runtime"] == "ncnn" and a["precision"] == "fp16")
+    assert f'extractor.input("{ncnn_entry["details"]["input_blob"]}", in)' in ncnn
+    assert f'extractor.extract("{ncnn_entry["details"]["output_blob"]}", out)' in ncnn
+    assert "{127.5f, 127.5f, 127.5f}" in ncnn and "{0.01568627f, 0.01568627f, 0.01568627f}" in ncnn
+    assert "PIXEL_RGBA2RGB" in ncnn and "no Core ML snippet" in readme
+
+
+def test_bundle_is_byte_for_byte_reproducible(reported, tmp_path):
+    from exporter.bundle import write_bundle
+
+    model_dir = tmp_path / "my_mod"
+    shutil.copytree(reported, model_dir)
+    first = (model_dir / "bundle.zip").read_bytes()
+    assert write_bundle(model_dir).read_bytes() == first
+
+
+def test_bundle_refuses_an_artifact_changed_since_the_export(reported, tmp_path):
+    model_dir = tmp_path / "my_mod"
+    shutil.copytree(reported, model_dir)
+    (model_dir / "bundle.zip").unlink()
+    with open(model_dir / "my_mod_int8.tflite", "r+b") as artifact:
+        artifact.seek(-1, 2)
+        last = artifact.read(1)
+        artifact.seek(-1, 2)
+        artifact.write(bytes([last[0] ^ 0xFF]))
+    result = report_cli(model_dir)
+    assert result.exit_code == 2
+    assert "my_mod_int8.tflite changed since the export" in result.output and "re-run the export" in result.output
+    assert not (model_dir / "bundle.zip").exists()
+
+
+def test_core_ml_snippet_names_the_generated_class_and_reads_the_classifier():
+    from exporter.bundle import Contract, coreml_swift
+
+    contract = Contract("input", 3, 224, 224, "bgr", 255.0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    artifact = {"path": "my-net_int8.mlpackage", "precision": "int8",
+                "details": {"input": {"name": "image"}, "classifier": {"scores_output": "var_1"}}}
+    swift = coreml_swift(contract, artifact)
+    assert "my_net_int8(configuration: configuration)" in swift and '("image", 224 x 224, BGR)' in swift
+    assert "VNClassificationObservation" in swift and "mean = [0.5, 0.5, 0.5]" in swift
+    artifact["details"].update(classifier=None, output_name="scores")
+    assert '$0.featureName == "scores"' in coreml_swift(contract, artifact)

@@ -1,0 +1,144 @@
+"""The zoo matrix (bench/zoo_matrix.py) and the digit-trained zoo models (bench/zoo_training.py)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import zoo_matrix  # noqa: E402
+import zoo_training  # noqa: E402
+
+SHUFFLES = {"shufflenet_v2_x0_5": 16, "shufflenet_v2_x1_0": 16, "shufflenet_v1_g3": 16}
+
+
+def _manifest(passed: bool = True) -> dict:
+    def artifact(runtime, precision, cosine, top1, ops):
+        failures = [] if passed or precision != "int8" else ["top-1 agreement 0.500 < 0.95"]
+        return {
+            "runtime": runtime, "precision": precision, "total_bytes": 2_500_000,
+            "parity": {"cosine": cosine, "top1_agreement": top1, "passed": not failures, "failures": failures},
+            "details": {"ops": ops} if ops is not None else {},
+        }
+
+    return {
+        "gates_passed": passed,
+        "stage_seconds": {"export ONNX": 2.0, "simplify and check ONNX": 1.0, "convert tflite": 100.0,
+                          "convert ncnn": 5.0},
+        "artifacts": [
+            artifact("onnx", "fp32", 1.0, 1.0, None),
+            artifact("tflite", "int8", 0.995, 0.97 if passed else 0.5, {"CONV_2D": 10, "TRANSPOSE": 2, "PAD": 3,
+                                                                         "PADV2": 1}),
+            artifact("ncnn", "fp16", 0.9999, 1.0, {"Convolution": 10, "Padding": 0}),
+        ],
+    }
+
+
+def _write_export(model_dir: Path, manifest: dict) -> None:
+    model_dir.mkdir(parents=True)
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_the_matrix_reads_finished_exports_instead_of_exporting_again(tmp_path, monkeypatch):
+    _write_export(tmp_path / "squeezenet1_1", _manifest())
+    monkeypatch.setattr(zoo_matrix.subprocess, "run", lambda *a, **k: pytest.fail("exported again"))
+
+    exit_code = zoo_matrix.main(["--models", "squeezenet1_1", "--out", str(tmp_path)])
+
+    assert exit_code == 0
+    rows = json.loads((tmp_path / "zoo_matrix.json").read_text())["rows"]
+    assert [row["artifact"] for row in rows] == ["onnx fp32", "tflite int8", "ncnn fp16"]
+    tflite = rows[1]
+    assert (tflite["transposes"], tflite["pads"], tflite["convert_seconds"]) == (2, 4, 100.0)
+    assert tflite["export_seconds"] == pytest.approx(108.0)  # a hand-made export: the manifest's stage times
+    assert rows[0]["transposes"] is None and rows[0]["convert_seconds"] == 3.0
+    markdown = (tmp_path / "zoo_matrix.md").read_text()
+    assert "| squeezenet1_1 | random init | tflite int8 | 0.995000 | 0.970 |" in markdown
+
+
+def test_a_failed_gate_fails_the_matrix_and_is_named_in_the_table(tmp_path, capsys):
+    _write_export(tmp_path / "squeezenet1_1", _manifest(passed=False))
+
+    exit_code = zoo_matrix.main(["--models", "squeezenet1_1", "--out", str(tmp_path)])
+
+    assert exit_code == 1
+    assert "FAIL: top-1 agreement 0.500 < 0.95" in capsys.readouterr().out
+
+
+def test_before_and_after_columns_come_from_an_earlier_table(tmp_path, capsys):
+    _write_export(tmp_path / "before" / "squeezenet1_1", _manifest(passed=False))
+    zoo_matrix.main(["--models", "squeezenet1_1", "--out", str(tmp_path / "before")])
+    _write_export(tmp_path / "after" / "squeezenet1_1", _manifest())
+    capsys.readouterr()
+
+    zoo_matrix.main(["--models", "squeezenet1_1", "--out", str(tmp_path / "after"),
+                     "--before", str(tmp_path / "before" / "zoo_matrix.json")])
+
+    table = capsys.readouterr().out.splitlines()
+    assert "top-1 before" in table[0] and "TRANSPOSE before" in table[0]
+    tflite_line = next(line for line in table if "tflite int8" in line)
+    assert tflite_line.split()[-4:] == ["0.500", "2", "4", "108"]
+
+
+def test_model_patterns_select_zoo_models_and_unknown_ones_are_refused():
+    assert zoo_matrix.select_models(["shufflenet_v1_*"], trained=False) == [
+        "shufflenet_v1_g1", "shufflenet_v1_g2", "shufflenet_v1_g3", "shufflenet_v1_g4", "shufflenet_v1_g8"]
+    assert zoo_matrix.select_models(None, trained=True) == list(zoo_training.TRAINING_PLANS)
+    with pytest.raises(SystemExit):
+        zoo_matrix.select_models(["resnet50"], trained=False)
+
+
+@pytest.mark.parametrize("name", list(zoo_training.TRAINING_PLANS))
+def test_trained_zoo_weights_load_with_a_ten_class_head_and_recognize_held_out_digits(name):
+    """The stored weights are what bench/zoo_training.py recorded: zoo:NAME --weights loads them (the
+    classifier resized to the checkpoint's 10 classes) and they read digits never seen in training."""
+    import torch
+
+    from exporter.sources import load_model
+
+    record = zoo_training.read_records()[name]
+    loaded = load_model(f"zoo:{name}", str(zoo_training.trained_weights(name)))
+    photos, labels = zoo_training.digit_photos(record["input_size"])
+    held_out = photos[zoo_training.TRAIN_COUNT:]
+    inputs = torch.from_numpy(zoo_training.model_inputs(held_out, zoo_training.contract_for(name)))
+    with torch.no_grad():
+        predicted = torch.cat([loaded.module(chunk).argmax(1) for chunk in inputs.split(100)]).numpy()
+    accuracy = float((predicted == labels[zoo_training.TRAIN_COUNT:]).mean())
+    assert predicted.max() < 10
+    assert accuracy >= 0.9
+    assert accuracy == pytest.approx(record["held_out_accuracy"], abs=0.02)  # float16 storage moves a few digits
+
+
+def test_parity_data_holds_training_digits_for_calibration_and_held_out_digits_for_validation(tmp_path):
+    data = zoo_training.write_parity_data("squeezenet1_1", tmp_path)
+    calibration, validation = np.load(data.calibration), np.load(data.validation)
+    photos, _ = zoo_training.digit_photos(zoo_training.TRAINING_PLANS["squeezenet1_1"].input_size)
+
+    assert calibration.dtype == np.uint8 and calibration.shape[1:] == photos.shape[1:]
+    assert len(validation) == len(photos) - zoo_training.TRAIN_COUNT
+    np.testing.assert_array_equal(validation, photos[zoo_training.TRAIN_COUNT:])
+    assert len(calibration) <= zoo_training.TRAIN_COUNT
+
+
+@pytest.mark.slow
+def test_representative_zoo_models_export_to_android_with_parity_and_lean_shuffles(tmp_path):
+    """The matrix on three families, with trained weights: a ShuffleNet (channel shuffle), a MobileNetV3 (SE,
+    hard-swish), a SqueezeNet (fire modules). Every artifact passes its gate; the TFLite ShuffleNet graphs keep
+    no TRANSPOSE (the issue allows one per shuffle; the lean graph needs none)."""
+    models = ["shufflenet_v2_x0_5", "mobilenet_v3_small", "squeezenet1_1"]
+
+    exit_code = zoo_matrix.main(["--trained", "--models", *models, "--out", str(tmp_path)])
+
+    rows = json.loads((tmp_path / "trained" / "zoo_matrix.json").read_text())["rows"]
+    assert exit_code == 0, [row for row in rows if not row["passed"]]
+    assert {row["model"] for row in rows} == set(models)
+    assert {row["artifact"] for row in rows} >= {"onnx fp32", "tflite fp32", "tflite fp16", "tflite int8",
+                                                 "ncnn fp32", "ncnn fp16"}
+    for row in rows:
+        if row["artifact"].startswith("tflite") and row["model"] in SHUFFLES:
+            assert row["transposes"] == 0, row

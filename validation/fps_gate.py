@@ -1,0 +1,415 @@
+"""The frame-rate gate: one row per profile x artifact, measured or projected, checked against a target FPS.
+
+Rows come from three places and each says which it is (`kind`) and how it was obtained (`method`):
+- profile "host": every artifact timed in its own runtime on this machine (validation/host_bench.py), measured;
+- a device profile (validation/profiles.py): the cost model's figure for that device, projected;
+- profile "adb:SERIAL": the runtime's own benchmark binary on a plugged-in device (validation/device_run.py),
+  measured.
+
+A projection is one number, a mean latency; a device benchmark binary prints a mean (benchncnn) or a mean and
+a median (benchmark_model). Percentiles that were not observed stay None (null in JSON), never estimated.
+`fps` is 1000 / p50 when a p50 was observed, else 1000 / mean; `fps_basis` says which.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from exporter.errors import GateFailed, InputError
+from exporter.manifest import MANIFEST_NAME, write_json_atomically
+from validation import host_bench
+from validation.profiles import DEFAULT_TARGET_FPS, DeviceProfile
+
+BENCH_NAME = "bench.json"
+BENCH_SCHEMA_VERSION = 1
+HOST_PROFILE = "host"
+ALL_PROFILES = "all"
+# The manifest names runtimes after the artifact; profiles name the runtime library.
+PROFILE_RUNTIME_NAME = {"onnx": "onnxruntime"}
+
+
+@dataclass(frozen=True)
+class ExportedArtifact:
+    path: str  # relative to the model folder, as in the manifest
+    runtime: str
+    precision: str
+    platform: str
+    files: tuple[str, ...]  # the artifact's file first, then companions
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.precision}"
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    folder: Path
+    name: str
+    input_shape: tuple[int, ...]
+    input_name: str
+    output_name: str
+    artifacts: tuple[ExportedArtifact, ...]
+
+    def paths(self, artifact: ExportedArtifact) -> tuple[Path, ...]:
+        return tuple(self.folder / name for name in artifact.files)
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(a.runtime for a in self.artifacts))
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(a.platform for a in self.artifacts))
+
+
+def load_export(folder: Path, runtimes: tuple[str, ...] | None = None) -> ExportedModel:
+    """The artifacts of `mobile-export export` in `folder`, optionally only those of the given runtimes."""
+    manifest_path = Path(folder) / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise InputError(f"{folder} holds no {MANIFEST_NAME}: it is not an exported model folder",
+                         hint="run mobile-export export first, then pass OUT/<model> (e.g. out/mobilenet_v2)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        artifacts = tuple(
+            ExportedArtifact(path=entry["path"], runtime=entry["runtime"], precision=entry["precision"],
+                             platform=entry["target"], files=tuple(f["path"] for f in entry["files"]))
+            for entry in manifest["artifacts"]
+            if runtimes is None or entry["runtime"] in runtimes
+        )
+        model = ExportedModel(Path(folder), manifest["model"]["name"], tuple(manifest["input"]["input_shape"]),
+                              manifest["input"].get("name", "input"), manifest["output"].get("name", "output"),
+                              artifacts)
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{manifest_path} is not a mobile-export manifest ({type(error).__name__}: {error})",
+                         hint="re-run mobile-export export into that folder") from None
+    missing = [path for artifact in artifacts for path in model.paths(artifact) if not path.exists()]
+    if missing:
+        raise InputError(f"the manifest lists {missing[0].name}, which is not in {folder}",
+                         hint="re-run mobile-export export; do not move files out of the model folder")
+    if not artifacts:
+        raise InputError(f"{folder} has no artifacts for {', '.join(runtimes or ())}",
+                         hint="export that target first, or pick another --target")
+    return model
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds per frame. None means "not observed", never "zero"."""
+
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    mean: float | None = None
+
+    @property
+    def basis(self) -> tuple[str, float]:
+        """The figure FPS is computed from: the median when it was observed, else the mean."""
+        if self.p50 is not None:
+            return "p50", self.p50
+        if self.mean is not None:
+            return "mean", self.mean
+        raise ValueError("a latency needs a p50 or a mean")
+
+    def as_dict(self) -> dict:
+        return {key: None if value is None else round(value, 4)
+                for key, value in (("p50", self.p50), ("p90", self.p90), ("p99", self.p99), ("mean", self.mean))}
+
+
+@dataclass(frozen=True)
+class FpsRow:
+    profile: str
+    artifact: str
+    runtime: str
+    precision: str
+    latency_ms: Latency
+    kind: str  # "measured" | "projected"
+    target_fps: float
+    method: str  # how the figure was obtained, in one sentence
+    gated: bool  # whether this row decides the exit code
+    details: dict = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.latency_ms.basis[1]
+
+    @property
+    def passed(self) -> bool:
+        return self.fps >= self.target_fps
+
+    def as_dict(self) -> dict:
+        return {
+            "profile": self.profile, "artifact": self.artifact, "runtime": self.runtime, "precision": self.precision,
+            "latency_ms": self.latency_ms.as_dict(), "fps": round(self.fps, 2), "fps_basis": self.latency_ms.basis[0],
+            "kind": self.kind, "target_fps": self.target_fps, "passed": self.passed, "gated": self.gated,
+            "method": self.method, "details": self.details,
+        }
+
+
+@dataclass(frozen=True)
+class GateReport:
+    model: str
+    host: dict
+    rows: tuple[FpsRow, ...]
+    not_measured: tuple[str, ...]  # artifacts or profiles left out, each with the reason
+
+    @property
+    def failed(self) -> tuple[FpsRow, ...]:
+        return tuple(row for row in self.rows if row.gated and not row.passed)
+
+    @property
+    def gated_profiles(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(row.profile for row in self.rows if row.gated))
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def as_dict(self) -> dict:
+        return {
+            "schema_version": BENCH_SCHEMA_VERSION,
+            "model": self.model,
+            "host": self.host,
+            "gated_profiles": list(self.gated_profiles),
+            "passed": self.passed,
+            "rows": [row.as_dict() for row in self.rows],
+            "not_measured": list(self.not_measured),
+        }
+
+
+def write_report(report: GateReport, folder: Path) -> Path:
+    path = folder / BENCH_NAME
+    write_json_atomically(path, report.as_dict())
+    return path
+
+
+def check_gate(report: GateReport) -> None:
+    """Raise GateFailed naming every gated row below its target."""
+    if report.passed:
+        return
+    failures = "; ".join(f"{row.profile} x {row.artifact} {row.fps:.1f} FPS < {row.target_fps:g}"
+                         for row in report.failed)
+    raise GateFailed(
+        f"frame-rate gate failed for {len(report.failed)} row(s): {failures}",
+        hint="use a lighter model, a smaller input or another precision; or change target_fps in the device profile",
+    )
+
+
+# ---- which profiles ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileSelection:
+    devices: tuple[DeviceProfile, ...]  # projected (or measured on a device), and gated
+    gate_host: bool
+    skipped: tuple[str, ...]
+
+
+def profile_runtime(runtime: str) -> str:
+    return PROFILE_RUNTIME_NAME.get(runtime, runtime)
+
+
+def runs_any(profile: DeviceProfile, runtimes: tuple[str, ...]) -> bool:
+    return any(profile_runtime(runtime) in profile.runtimes for runtime in runtimes)
+
+
+def profile_platform(profile: DeviceProfile) -> str:
+    """Profiles carry no platform key: a device that runs Core ML is an iOS device; every other one (Android
+    phones, Linux boards) runs what the manifest calls android artifacts (tflite, ncnn)."""
+    return "ios" if "coreml" in profile.runtimes else "android"
+
+
+def select_profiles(requested: str | None, profiles: dict[str, DeviceProfile], model: ExportedModel) -> ProfileSelection:
+    """`None`: the profiles of the export's platforms (android artifacts -> Android phones and boards; ios ->
+    iPhones) that run one of its runtimes; the host is shown, not gated. `all`: every profile that runs one of
+    its runtimes. Otherwise a comma-separated list of names; `host` among them gates the host rows."""
+    runtimes = model.runtimes
+    if requested is None or requested.strip() == ALL_PROFILES:
+        platforms = model.platforms if requested is None else ("android", "ios")
+        usable = tuple(p for p in profiles.values() if runs_any(p, runtimes) and profile_platform(p) in platforms)
+        skipped = tuple(f"profile {p.name}: runs {', '.join(p.runtimes)}, none of this export's runtimes"
+                        for p in profiles.values() if requested is not None and p not in usable)
+        return ProfileSelection(usable, gate_host=False, skipped=skipped)
+    names = [name.strip() for name in requested.split(",") if name.strip()]
+    unknown = [name for name in names if name != HOST_PROFILE and name not in profiles]
+    if unknown or not names:
+        raise InputError(f"unknown profile {', '.join(unknown) or repr(requested)}",
+                         hint=f"choose from: {', '.join([HOST_PROFILE, ALL_PROFILES, *profiles])} "
+                              "(mobile-export profiles lists them)")
+    chosen = tuple(profiles[name] for name in names if name != HOST_PROFILE)
+    for profile in chosen:
+        if not runs_any(profile, runtimes):
+            raise InputError(
+                f"profile {profile.name} runs {', '.join(profile.runtimes)}; this export has {', '.join(runtimes)}",
+                hint="export a target that device runs (e.g. --target android for ncnn/tflite), or pick another profile",
+            )
+    return ProfileSelection(chosen, gate_host=HOST_PROFILE in names, skipped=())
+
+
+# ---- rows -------------------------------------------------------------------------------------------------
+
+
+def host_row(artifact: ExportedArtifact, measurement, gated: bool, target_fps: float = DEFAULT_TARGET_FPS) -> FpsRow:
+    method = (f"measured on this host in its own runtime, {measurement.threads} thread(s): warm-up, then timed runs "
+              "until p50 and p90 settle or the time budget ends")
+    details = measurement.as_dict()
+    for key in ("runtime", "precision", "p50_ms", "p90_ms", "p99_ms", "mean_ms"):
+        details.pop(key)
+    return FpsRow(HOST_PROFILE, artifact.path, artifact.runtime, artifact.precision,
+                  Latency(measurement.p50_ms, measurement.p90_ms, measurement.p99_ms, measurement.mean_ms),
+                  "measured", target_fps, method, gated, _rounded(details))
+
+
+def projected_row(profile: DeviceProfile, artifact: ExportedArtifact, projection) -> FpsRow:
+    details = {"threads": profile.threads, "lomo_mape_percent": projection.lomo_mape,
+               "baseline_mape_percent": projection.baseline_mape}
+    return FpsRow(profile.name, artifact.path, artifact.runtime, artifact.precision, Latency(mean=projection.latency_ms),
+                  "projected", profile.target_fps, projection.method, True, _rounded(details))
+
+
+def device_row(profile_name: str, artifact: ExportedArtifact, measurement, target_fps: float) -> FpsRow:
+    return FpsRow(profile_name, artifact.path, artifact.runtime, artifact.precision,
+                  Latency(p50=measurement.p50_ms, mean=measurement.mean_ms), "measured", target_fps,
+                  measurement.method, True, _rounded(measurement.details))
+
+
+def _rounded(details: dict) -> dict:
+    return {key: round(value, 3) if isinstance(value, float) else value for key, value in details.items()}
+
+
+# ---- the whole run ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    selection: ProfileSelection
+    measure_host: bool
+    host_threads: int
+    rule: host_bench.StoppingRule
+    device_serial: str | None = None
+    benchmark_binaries: tuple[Path, ...] = ()
+    device_threads: int = 4
+
+
+def run_bench(model: ExportedModel, plan: BenchPlan, stage: Callable) -> GateReport:
+    """Host measurements, then projections, then the device run. `stage(name)` is a progress context
+    (StageClock.stage). What cannot be measured here is listed in the report's `not_measured`, with why."""
+    host = host_bench.host_info()  # before our own runs load the machine
+    rows: list[FpsRow] = []
+    skipped: list[str] = list(plan.selection.skipped)
+    if plan.measure_host:
+        for artifact in model.artifacts:
+            if artifact.runtime not in host_bench.HOST_RUNTIMES:
+                skipped.append(f"host: {artifact.path}: {_why_not_on_host(artifact.runtime)}")
+                continue
+            with stage(f"time {artifact.label} on this host"):
+                measurement = measure_artifact_on_host(model, artifact, plan.host_threads, plan.rule)
+            rows.append(host_row(artifact, measurement, plan.selection.gate_host))
+    rows += _projected_rows(model, plan.selection.devices)
+    if plan.device_serial is not None:
+        rows += _device_rows(model, plan, stage)
+    return GateReport(model.name, host, tuple(rows), tuple(skipped))
+
+
+def measure_artifact_on_host(model: ExportedModel, artifact: ExportedArtifact, threads: int,
+                             rule: host_bench.StoppingRule) -> host_bench.HostMeasurement:
+    """One artifact of the export timed in its runtime here; runtime chatter goes to OUT/<model>/logs/bench.log."""
+    request = host_bench.MeasureRequest(artifact.runtime, artifact.precision,
+                                        tuple(str(path) for path in model.paths(artifact)), model.input_shape,
+                                        model.input_name, model.output_name, threads, rule)
+    return host_bench.measure_on_host(request, model.folder / "logs" / "bench.log")
+
+
+def _why_not_on_host(runtime: str) -> str:
+    if runtime == "coreml":
+        return "Core ML runs only on macOS/iOS (parity used the reference evaluator, which is no speed measure)"
+    return f"no host runtime for {runtime}"
+
+
+def _projected_rows(model: ExportedModel, profiles: tuple[DeviceProfile, ...]) -> list[FpsRow]:
+    from validation.projection import project_latency
+
+    rows = []
+    for profile in profiles:
+        for artifact in model.artifacts:
+            if profile_runtime(artifact.runtime) not in profile.runtimes:
+                continue
+            projection = project_latency(profile, model.folder / artifact.path, artifact.precision)
+            rows.append(projected_row(profile, artifact, projection))
+    return rows
+
+
+def _device_rows(model: ExportedModel, plan: BenchPlan, stage: Callable) -> list[FpsRow]:
+    from validation.device_run import run_on_device
+
+    with stage(f"run the benchmark binaries on adb:{plan.device_serial}"):
+        measurements = run_on_device(plan.device_serial, plan.benchmark_binaries, model, plan.device_threads)
+    by_path = {artifact.path: artifact for artifact in model.artifacts}
+    return [device_row(f"adb:{plan.device_serial}", by_path[m.artifact], m, DEFAULT_TARGET_FPS) for m in measurements]
+
+
+# ---- the printed table ------------------------------------------------------------------------------------
+
+
+def table_lines(report: GateReport) -> list[str]:
+    header = (f"{'profile':<20} {'artifact':<32} {'latency ms':<26} {'FPS':>7} {'kind':<9} {'target':>6}  gate")
+    lines = [f"\nFrame rate of {report.model}", header, "-" * len(header)]
+    for row in report.rows:
+        verdict = "pass" if row.passed else "FAIL"
+        lines.append(f"{row.profile:<20} {row.artifact:<32} {_latency_text(row.latency_ms):<26} {row.fps:>7.1f} "
+                     f"{row.kind:<9} {row.target_fps:>6g}  {verdict if row.gated else f'({verdict.lower()})'}")
+    if any(not row.gated for row in report.rows):
+        lines.append("(pass)/(fail): shown, not gated; the host is not a target device (--profile host gates it)")
+    lines.append("latency: p50 / p90 / p99 where observed; '~X mean' is a single mean figure (projections, benchncnn)")
+    lines += _method_lines(report.rows)
+    lines += host_detail_lines(report.rows)
+    host = report.host
+    if any(row.profile == HOST_PROFILE for row in report.rows):
+        lines.append(f"host: {host['cpu']}, {host['logical_cores']} logical cores, load {host['load_average_1min']}"
+                     f"; runtimes {', '.join(f'{k} {v}' for k, v in host['runtimes'].items())}")
+        if host.get("busy"):
+            lines.append("note: the host was busy (load average above its core count): host figures are pessimistic")
+    lines += [f"not measured: {line}" for line in report.not_measured]
+    if not report.gated_profiles:
+        lines.append("gate: no row is gated (name profiles with --profile, or --profile host for this machine)")
+    else:
+        verdict = "PASSED" if report.passed else f"FAILED ({len(report.failed)} row(s))"
+        lines.append(f"gate ({', '.join(report.gated_profiles)}): {verdict}")
+    return lines
+
+
+def host_detail_lines(rows: tuple[FpsRow, ...]) -> list[str]:
+    """Runs, settling, peak memory and runtime settings of each host measurement."""
+    host_rows = [row for row in rows if row.profile == HOST_PROFILE]
+    if not host_rows:
+        return []
+    lines = [f"{'host measurement':<32} {'runs':>5} {'settled':>7} {'peak RSS MB':>11} {'model MB':>8}  settings"]
+    for row in host_rows:
+        d = row.details
+        settings = ", ".join(f"{key}={value}" for key, value in d["settings"].items())
+        lines.append(f"{row.artifact:<32} {d['runs']:>5} {'yes' if d['stable'] else 'no':>7} "
+                     f"{d['peak_rss_mb']:>11.1f} {d['model_peak_mb']:>8.1f}  {settings}")
+    lines.append("peak RSS: the measuring process's peak resident memory (Python + runtime + model); "
+                 "model MB: what loading and running the artifact added to it")
+    return lines
+
+
+def _latency_text(latency: Latency) -> str:
+    if latency.p50 is not None and latency.p90 is not None:
+        return f"{latency.p50:.2f} / {latency.p90:.2f} / {latency.p99:.2f}"
+    basis, value = latency.basis
+    return f"{value:.2f} ({basis})" if basis == "p50" else f"~{value:.2f} mean"
+
+
+def _method_lines(rows: tuple[FpsRow, ...]) -> list[str]:
+    """How each profile's figures were obtained: its shortest method (the one every row shares; some rows
+    add a note about their artifact, which bench.json and --json keep per row)."""
+    methods: dict[str, list[str]] = {}
+    for row in rows:
+        methods.setdefault(row.profile, []).append(row.method)
+    lines = []
+    for profile, texts in methods.items():
+        extra = " (+ per-artifact notes in bench.json)" if len(set(texts)) > 1 else ""
+        lines.append(f"how obtained [{profile}]: {min(texts, key=len)}{extra}")
+    return lines

@@ -1,0 +1,292 @@
+"""Host measurement: each artifact timed in its own runtime on this machine, in a fresh child process.
+
+Why a child per artifact: the runtimes are native code, so Python's tracemalloc sees none of their memory;
+the process's peak resident set (getrusage ru_maxrss) does, but it is a high-water mark that never comes
+down, so two artifacts measured in one process would share one peak. A child per artifact also keeps
+thread pools and delegates of one runtime from warming or slowing the next.
+
+What is timed is one `Runner.run` call on a 1-sample batch of the input contract's shape: the same call an app
+makes per frame, including the input copy (and the NCHW -> NHWC transpose for TFLite), not the camera or
+the pre-processing.
+
+Stopping rule (StoppingRule): warm up for at least `warmup_runs` runs and `warmup_seconds`; then time runs.
+From `min_runs` on, every `check_every` runs the p50 and p90 are compared with the previous check; when both
+moved by at most `stable_within` (relative), they are stable and timing stops. Otherwise timing stops at
+`max_runs` or after `budget_seconds`, and the measurement says it was not stable. p99 is reported from the
+same runs; it is only meaningful with ~100 runs or more, which `min_runs` guarantees unless the budget
+ran out first (a very slow model): `runs` is always recorded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import ConverterError
+
+HOST_RUNTIMES = ("onnx", "tflite", "ncnn")  # coreml runs only on macOS; the reference evaluator is no runtime
+RUNTIME_PACKAGES = {"onnx": "onnxruntime", "tflite": "ai-edge-litert", "ncnn": "ncnn"}
+PROGRESS_AFTER_S = 2.0  # runs shorter than this show no progress line
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    warmup_runs: int = 5
+    warmup_seconds: float = 1.0
+    min_runs: int = 100
+    max_runs: int = 2000
+    check_every: int = 50
+    stable_within: float = 0.03
+    budget_seconds: float = 20.0
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    """One artifact to time; everything the child needs, as plain data."""
+
+    runtime: str
+    precision: str
+    files: tuple[str, ...]  # absolute paths: the model file first, then companions (ncnn's .bin)
+    input_shape: tuple[int, ...]  # the contract's NCHW shape
+    input_name: str = "input"
+    output_name: str = "output"
+    threads: int = 1
+    rule: StoppingRule = field(default_factory=StoppingRule)
+
+
+@dataclass(frozen=True)
+class HostMeasurement:
+    runtime: str
+    precision: str
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    warmup_runs: int
+    timed_seconds: float
+    stable: bool
+    threads: int
+    peak_rss_mb: float  # the whole child process: Python, numpy, the runtime library, the model
+    baseline_rss_mb: float  # the same child after importing the runtime, before loading the model
+    settings: dict  # runtime options as the runtime reports them
+
+    @property
+    def model_peak_mb(self) -> float:
+        """What loading and running this artifact added to the process's peak."""
+        return self.peak_rss_mb - self.baseline_rss_mb
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.p50_ms
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "model_peak_mb": round(self.model_peak_mb, 1)}
+
+
+def default_threads() -> int:
+    """All cores this process may use, at most 4 (the big-core count of most phones)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def host_info() -> dict:
+    """What the host figures depend on; printed with the table and stored in bench.json."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    versions = {}
+    for runtime, package in RUNTIME_PACKAGES.items():
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        "machine": platform.machine(),
+        "cpu": _cpu_model() or platform.processor() or "unknown",
+        "logical_cores": cores,
+        "load_average_1min": None if load is None else round(load, 2),
+        "busy": load is not None and load > cores,
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "runtimes": versions,
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def measure_on_host(request: MeasureRequest, log_path: Path) -> HostMeasurement:
+    """Time one artifact in a fresh child process. Runtime chatter goes to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mobile-export-bench-") as scratch:
+        request_path, result_path = Path(scratch) / "request.json", Path(scratch) / "result.json"
+        request_path.write_text(json.dumps({**asdict(request), "log": str(log_path), "result": str(result_path)}))
+        repo_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        completed = subprocess.run([sys.executable, "-m", "validation.host_bench", str(request_path)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if completed.returncode != 0 or "error" in result or not result:
+        problem = result.get("error", f"the measuring process exited with code {completed.returncode}")
+        raise ConverterError(f"{request.runtime} {request.precision} could not be timed on this host: {problem}",
+                             hint=f"the runtime's own output is in {log_path}")
+    return HostMeasurement(**result)
+
+
+# ---- the child process ----------------------------------------------------------------------------------
+
+
+def _child_main(request_path: Path) -> None:
+    from exporter.capture import output_to
+
+    raw = json.loads(request_path.read_text())
+    result_path, log_path = Path(raw.pop("result")), Path(raw.pop("log"))
+    request = MeasureRequest(**{**raw, "rule": StoppingRule(**raw["rule"]), "files": tuple(raw["files"]),
+                                "input_shape": tuple(raw["input_shape"])})
+    progress = _ProgressLine(f"{request.runtime} {request.precision}", os.fdopen(os.dup(2), "w"))
+    try:
+        with output_to(log_path):
+            measurement = _measure_here(request, progress)
+        result = measurement.as_dict()
+        result.pop("model_peak_mb")
+    except Exception as error:  # reported to the parent, which raises it as a typed error
+        result = {"error": f"{type(error).__name__}: {getattr(error, 'message', error)}"}
+    finally:
+        progress.close()
+    result_path.write_text(json.dumps(result))
+
+
+def _measure_here(request: MeasureRequest, progress: "_ProgressLine") -> HostMeasurement:
+    _import_runtime(request.runtime)
+    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    runner, settings = _open_runner(request)
+    sample = np.random.default_rng(0).standard_normal(request.input_shape).astype(np.float32)
+    timings, warmup_runs, stable, seconds = time_runs(lambda: runner.run(sample), request.rule, progress)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    p50, p90, p99 = (float(v) for v in np.percentile(timings, PERCENTILES))
+    return HostMeasurement(
+        runtime=request.runtime, precision=request.precision,
+        p50_ms=p50, p90_ms=p90, p99_ms=p99, mean_ms=float(np.mean(timings)),
+        min_ms=float(np.min(timings)), max_ms=float(np.max(timings)),
+        runs=len(timings), warmup_runs=warmup_runs, timed_seconds=seconds, stable=stable, threads=request.threads,
+        peak_rss_mb=peak_kb / 1024.0, baseline_rss_mb=baseline_kb / 1024.0, settings=settings,
+    )
+
+
+def time_runs(run_once, rule: StoppingRule, progress: "_ProgressLine | None" = None) -> tuple[list[float], int, bool, float]:
+    """Warm up, then time `run_once` by the stopping rule. Returns (milliseconds per run, warm-up runs,
+    whether p50/p90 settled, seconds spent timing)."""
+    clock = time.perf_counter
+    started = clock()
+    warmup_runs = 0
+    while warmup_runs < rule.warmup_runs or clock() - started < rule.warmup_seconds:
+        run_once()
+        warmup_runs += 1
+        if clock() - started > rule.budget_seconds:
+            break
+    timings: list[float] = []
+    previous: np.ndarray | None = None
+    stable = False
+    timing_started = clock()
+    while True:
+        begin = clock()
+        run_once()
+        end = clock()
+        timings.append((end - begin) * 1000.0)
+        elapsed = end - timing_started
+        if progress is not None:
+            progress.update(len(timings), elapsed, rule.budget_seconds)
+        if len(timings) >= rule.min_runs and (len(timings) - rule.min_runs) % rule.check_every == 0:
+            current = np.percentile(timings, (50, 90))
+            if previous is not None and np.all(np.abs(current - previous) <= rule.stable_within * previous):
+                stable = True
+                break
+            previous = current
+        if len(timings) >= rule.max_runs or elapsed >= rule.budget_seconds:
+            break
+    return timings, warmup_runs, stable, clock() - timing_started
+
+
+def _import_runtime(runtime: str) -> None:
+    """Load the runtime's native library before the baseline memory reading, so the model's share is apart."""
+    modules = {"onnx": "onnxruntime", "tflite": "ai_edge_litert.interpreter", "ncnn": "ncnn"}
+    if runtime not in modules:
+        raise ValueError(f"no host runtime for {runtime!r}; measurable here: {', '.join(HOST_RUNTIMES)}")
+    __import__(modules[runtime])
+
+
+def _open_runner(request: MeasureRequest):
+    """The project's own runner for the artifact, with the thread count set, and the options it runs with."""
+    files = [Path(f) for f in request.files]
+    if request.runtime == "onnx":
+        from exporter.onnx_stage import OnnxRuntimeRunner
+        from targets.base import OnnxModel
+
+        model = OnnxModel(files[0], request.input_name, request.output_name, request.input_shape, ())
+        runner = OnnxRuntimeRunner(model, threads=request.threads)
+        return runner, {"provider": "CPUExecutionProvider", "intra_op_num_threads": request.threads,
+                        "graph_optimization_level": "ORT_ENABLE_ALL (default)"}
+    if request.runtime == "tflite":
+        from targets.tflite import LiteRTRunner
+
+        runner = LiteRTRunner(files[0], threads=request.threads)
+        # Reading the interpreter's execution plan is the only way to see whether XNNPACK took the graph.
+        ops = {op["op_name"] for op in runner._interpreter._get_ops_details()}  # noqa: SLF001
+        delegate = "XNNPACK (LiteRT's default CPU delegate)" if "DELEGATE" in ops else "none: built-in kernels"
+        return runner, {"delegate": delegate, "num_threads": request.threads}
+    from targets.ncnn import NcnnRunner
+
+    runner = NcnnRunner(files[0], files[1], request.precision, threads=request.threads)
+    options = runner._net.opt  # noqa: SLF001 (the options the runner chose, as ncnn holds them)
+    keys = ("num_threads", "use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
+            "use_packing_layout", "use_winograd_convolution", "use_sgemm_convolution", "use_vulkan_compute")
+    return runner, {key: getattr(options, key) for key in keys}
+
+
+class _ProgressLine:
+    """A one-line progress display on the terminal for timings that take more than a moment."""
+
+    def __init__(self, label: str, stream):
+        self._label, self._stream = label, stream
+        self._shown_at = 0.0
+        self._visible = False
+        self._enabled = stream.isatty()
+
+    def update(self, runs: int, elapsed: float, budget: float) -> None:
+        if not self._enabled or elapsed < PROGRESS_AFTER_S or elapsed - self._shown_at < 0.25:
+            return
+        self._shown_at = elapsed
+        filled = int(20 * min(1.0, elapsed / budget))
+        self._stream.write(f"\r  {self._label}: [{'#' * filled}{'.' * (20 - filled)}] {runs} runs, "
+                           f"{elapsed:.0f}/{budget:.0f} s")
+        self._stream.flush()
+        self._visible = True
+
+    def close(self) -> None:
+        if self._visible:
+            self._stream.write("\r" + " " * 72 + "\r")
+        self._stream.close()
+
+
+if __name__ == "__main__":
+    _child_main(Path(sys.argv[1]))
