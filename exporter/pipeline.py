@@ -150,21 +150,22 @@ def _convert_and_measure(run: ExportRun, target_name: str, onnx_model: OnnxModel
         log_path=run.log_path(target_name), timeout_s=spec.timeout_s, int8_io=spec.int8_io,
         torch_module=run.loaded.module, labels=run.labels, coreml_palettize=spec.coreml_palettize,
     )
+    tool_versions = target.tool_versions()
     with run.clock.stage(f"convert {target_name}"):
-        artifacts = _converted_or_reused(target, job, run)
+        artifacts = _converted_or_reused(target, job, tool_versions, run)
     measured = []
     for artifact in artifacts:
         with run.clock.stage(f"parity {artifact.runtime} {artifact.precision}"):
             _, parity = _measure(artifact, _open(artifact, run, target_name), reference, run)
             measured.append((artifact, parity, spec.platform_of(target_name)))
             run.clock.note(_parity_line(artifact, parity))
-    return measured, target.tool_versions()
+    return measured, tool_versions
 
 
-def _converted_or_reused(target, job: ConversionJob, run: ExportRun) -> list[Artifact]:
+def _converted_or_reused(target, job: ConversionJob, tool_versions: dict[str, str], run: ExportRun) -> list[Artifact]:
     """The target's artifacts: those of the previous export when nothing that shapes them changed
     (exporter/cache.py), else a fresh conversion."""
-    key = conversion_key(job, target.name, target.tool_versions())
+    key = conversion_key(job, target.name, tool_versions)
     reused = None if run.spec.rebuild else reusable_artifacts(run.model_dir, target.runtime, key, job.workdir)
     if reused is not None:
         run.clock.note(f"{target.name}: inputs, options and converters unchanged since the last export: "
