@@ -80,6 +80,7 @@ def build_spec(flags: dict, config_path: Path | None = None) -> ExportSpec:
     target = merged.get("target", "android")
     if target not in TARGET_GROUPS:
         raise InputError(f"unknown target {target!r}", hint=f"choose one of: {', '.join(TARGET_GROUPS)}")
+    merged = {**_digit_weights_defaults(model, merged), **merged}
     scalars = {k: merged[k] for k in SCALAR_KEYS if k in merged}
     scalars["model"], scalars["target"] = model, target
     for key in ("out", "labels"):
@@ -96,6 +97,22 @@ def flags_given(flags: dict) -> set[str]:
 
 def _looks_like_path(model: str) -> bool:
     return not model.startswith(("zoo:", "python:"))
+
+
+def _digit_weights_defaults(model: str, merged: dict) -> dict:
+    """A zoo model without published weights is exported with its digit-trained ones (exporter/zoo/digits.py):
+    at their input size, calibrated on training digits and checked on held-out ones, unless given."""
+    if not model.startswith("zoo:"):
+        return {}
+    from exporter.zoo import digits
+
+    name = model.removeprefix("zoo:")
+    if not digits.uses_digit_weights(name, merged.get("weights")):
+        return {}
+    defaults = digits.export_defaults(name)
+    if "calib" in merged or "val" in merged:  # the user's photos: their own split, as for any model
+        del defaults["calib"], defaults["val"]
+    return defaults
 
 
 def _default_input_shape(model: str) -> tuple[int, int, int, int]:

@@ -82,6 +82,8 @@ class ExportRun:
 def run_export(spec: ExportSpec, clock: StageClock, keep_going: bool = False) -> ExportReport:
     with clock.stage(f"load model {spec.model}"):
         loaded = load_model(spec.model, spec.weights, spec.trust_pickle)
+        if loaded.weights and loaded.weights != spec.weights:
+            clock.note(f"weights: {loaded.weights} (the zoo's default; --weights loads your own)")
         if loaded.module is not None:
             onnx_stage.check_model_runs(loaded.module, spec.contract)
         labels = _labels(spec, loaded)

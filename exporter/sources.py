@@ -66,7 +66,7 @@ def _safe_name(name: str, source: str) -> str:
 
 
 def _from_zoo(source: str, weights: str | None, trust_pickle: bool) -> LoadedModel:
-    from exporter.zoo import ZOO, imagenet_labels
+    from exporter.zoo import ZOO, digits, imagenet_labels
 
     name = source.removeprefix("zoo:")
     if name not in ZOO:
@@ -76,6 +76,9 @@ def _from_zoo(source: str, weights: str | None, trust_pickle: bool) -> LoadedMod
     if weights is None and entry.pretrained_weights is not None:
         weights = str(entry.pretrained_weights())
         labels = tuple(imagenet_labels())
+    elif digits.uses_digit_weights(name, weights):
+        weights = str(digits.ensure_trained(name))
+        labels = digits.LABELS
     module = _zoo_module(entry, weights, trust_pickle)
     return _finish(name, source, module, weights, trust_pickle, labels)
 

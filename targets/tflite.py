@@ -46,14 +46,15 @@ class TFLiteTarget:
             # Keep TensorFlow from grabbing every core and from chattering on stderr.
             env={"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": _repo_root_for_child()},
         )
+        child = _child_result(job.workdir)
         int8_recipe = {
-            "activation_ranges": "mse-optimal per tensor (histogram of the calibration photos)",
+            "activation_ranges": _describe_ranges(child.get("activation_ranges")),
             "weights": "per-channel symmetric int8, rounded to minimize each layer's output error (GPTQ)",
             **preparation,
             "bias_correction": "empirical, layer by layer",
             "io": "int8" if job.int8_io else "float32",
             "calibration_samples": int(len(job.calibration)),
-            "float_graph": _child_result(job.workdir).get("int8_float_graph", "unknown"),
+            "float_graph": child.get("int8_float_graph", "unknown"),
         }
         return [
             self._artifact(job.workdir, precision, {"int8_recipe": int8_recipe} if precision == "int8" else {})
@@ -82,6 +83,15 @@ def _child_result(workdir: Path) -> dict:
         return json.loads((workdir / CHILD_RESULT).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _describe_ranges(choice: dict | None) -> dict:
+    from targets.activation_ranges import METHOD_DESCRIPTIONS
+
+    if not choice:
+        return {"method": "unknown"}
+    return {**choice, "description": METHOD_DESCRIPTIONS[choice["method"]],
+            "chosen_by": "mean output cosine against the float model on calibration photos"}
 
 
 def _repo_root_for_child() -> str:
@@ -217,9 +227,9 @@ def _child_main(request_path: Path) -> None:
         (workdir / FILE_FOR_PRECISION[precision]).write_bytes(model_bytes)
     float_model, how = _float_model_for_int8(request, workdir)
     calibration = np.load(request["calibration"])
-    int8_model = _quantize_int8(float_model, calibration, request["int8_io"], request["float_ops"])
+    int8_model, ranges = _quantize_int8(float_model, calibration, request["int8_io"], request["float_ops"])
     (workdir / FILE_FOR_PRECISION["int8"]).write_bytes(int8_model)
-    (workdir / CHILD_RESULT).write_text(json.dumps({"int8_float_graph": how}))
+    (workdir / CHILD_RESULT).write_text(json.dumps({"int8_float_graph": how, "activation_ranges": ranges}))
 
 
 def _float_model_for_int8(request: dict, workdir: Path) -> tuple[bytes, str]:
@@ -277,17 +287,17 @@ def _convert_with_onnx2tf(onnx_path: Path, scratch: Path) -> dict[str, bytes]:
     return models
 
 
-def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bool, float_ops: list[str]) -> bytes:
-    """Full-integer int8: per-channel weights, activation ranges fitted to the user's photos.
+def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bool,
+                   float_ops: list[str]) -> tuple[bytes, dict]:
+    """Full-integer int8: per-channel weights, activation ranges fitted to the user's photos. Returns the
+    model and how its activation ranges were chosen.
 
     TensorFlow's own calibration takes each activation's min/max, which a few outlier pixels stretch: on
-    torchvision's MobileNetV2 that costs a quarter of the top-1 agreement. We calibrate, then replace every
-    range by the one that minimizes the expected quantization error (clipping + rounding) over a histogram
-    of that activation on the same photos, quantize, and finally correct each layer's bias for the mean
-    shift rounding introduced (empirical bias correction, Nagel et al. 2019, "Data-Free Quantization").
+    torchvision's MobileNetV2 that costs a quarter of the top-1 agreement. We calibrate, quantize once per
+    range method of `targets.activation_ranges`, keep the one whose outputs agree best with the float
+    model's on the calibration photos, and finally correct each layer's bias for the mean shift rounding
+    introduced (empirical bias correction, Nagel et al. 2019, "Data-Free Quantization").
     """
-    import tensorflow as tf
-    from tensorflow.lite.python import convert as tflite_convert
     from tensorflow.lite.python.optimize import calibrator
 
     with _phase("int8 calibration"):
@@ -295,74 +305,66 @@ def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bo
         calibrated = calibrator.Calibrator(calibrator.add_intermediate_tensors(float_model)).calibrate(
             lambda: ([sample[None]] for sample in calibration_nhwc)
         )
-    with _phase("int8 activation ranges"):
-        tuned = _fit_activation_ranges(calibrated, calibration_nhwc)
-    io_type = tf.int8 if int8_io else tf.float32
-    with _phase("int8 quantization"):
-        quantized = tflite_convert.mlir_quantize(
-            tuned, disable_per_channel=False, input_data_type=io_type, output_data_type=io_type,
-            denylisted_ops=list(float_ops) or None,
-        )
+    selection = calibration_nhwc[:: max(1, len(calibration_nhwc) // SELECTION_SAMPLES)]
+    with _phase("int8 activation ranges (one quantization per method, scored)"):
+        quantized, choice = _quantize_with_best_ranges(calibrated, calibration_nhwc, selection, int8_io, float_ops)
     with _phase("int8 bias correction"):
-        bias_samples = calibration_nhwc[:: max(1, len(calibration_nhwc) // BIAS_SAMPLES)]
-        return correct_biases(quantized, calibrated, bias_samples)
+        return correct_biases(quantized, calibrated, selection), choice
 
 
 FLOAT_OPS: tuple[str, ...] = ()
-HISTOGRAM_BINS = 2048
-RANGE_FRACTIONS = np.linspace(0.25, 1.0, 61)
+SELECTION_SAMPLES = 32  # calibration photos the range methods are scored on and bias correction measures
 
 
-def _fit_activation_ranges(calibrated: bytes, calibration_nhwc: np.ndarray) -> bytes:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+def _quantize_with_best_ranges(calibrated: bytes, calibration_nhwc: np.ndarray, selection_nhwc: np.ndarray,
+                               int8_io: bool, float_ops: list[str]) -> tuple[bytes, dict]:
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from targets.activation_ranges import RANGE_METHODS, calibrated_ranges, collect_histograms, with_ranges
+
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
-    tensors = model.subgraphs[0].tensors
-    ranges = {
-        index: (float(t.quantization.min[0]), float(t.quantization.max[0]))
-        for index, t in enumerate(tensors)
-        if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min) == 1
-        and model.buffers[t.buffer].data is None and t.quantization.max[0] > t.quantization.min[0]
-    }
-    interpreter = Interpreter(
-        model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=CALIBRATION_THREADS,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    interpreter = _tensor_keeping_interpreter(calibrated)
+    histograms = collect_histograms(interpreter, calibrated_ranges(model), calibration_nhwc,
+                                    skip={interpreter.get_input_details()[0]["index"]})
+    reference = _model_outputs(calibrated, selection_nhwc)
+    candidates, scores = {}, {}
+    for method in RANGE_METHODS:
+        with_ranges(model, histograms, method)
+        candidates[method] = _mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
+                                            int8_io, float_ops)
+        scores[method] = round(_mean_cosine(reference, _model_outputs(candidates[method], selection_nhwc)), 6)
+    best = max(RANGE_METHODS, key=lambda method: scores[method])  # a tie keeps the earlier, preferred method
+    print(f"[mobile-export] int8 activation ranges: {best} (output cosine per method {scores})", flush=True)
+    return candidates[best], {"method": best, "cosine_by_method": scores, "scored_on": len(selection_nhwc)}
+
+
+def _mlir_quantize(tuned: bytes, int8_io: bool, float_ops: list[str]) -> bytes:
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+
+    io_type = tf.int8 if int8_io else tf.float32
+    return tflite_convert.mlir_quantize(
+        tuned, disable_per_channel=False, input_data_type=io_type, output_data_type=io_type,
+        denylisted_ops=list(float_ops) or None,
     )
-    interpreter.allocate_tensors()
-    input_index = interpreter.get_input_details()[0]["index"]
-    histograms = {index: np.zeros(HISTOGRAM_BINS) for index in ranges}
-    for sample in calibration_nhwc:
-        interpreter.set_tensor(input_index, sample[None])
-        interpreter.invoke()
-        for index, (low, high) in ranges.items():
-            histograms[index] += np.histogram(interpreter.get_tensor(index), bins=HISTOGRAM_BINS, range=(low, high))[0]
-    for index, (low, high) in ranges.items():
-        if index == input_index or histograms[index].sum() == 0:
-            continue  # the input's range is the contract's, not a statistic
-        best_low, best_high = mse_optimal_range(histograms[index], low, high)
-        tensors[index].quantization.min = [best_low]
-        tensors[index].quantization.max = [best_high]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def mse_optimal_range(histogram: np.ndarray, low: float, high: float, levels: int = 256) -> tuple[float, float]:
-    """The clipping range [a*low, a*high] with the least expected squared int8 error over `histogram`."""
-    centers = low + (np.arange(len(histogram)) + 0.5) * (high - low) / len(histogram)
-    weights = histogram / histogram.sum()
-    best = (np.inf, low, high)
-    for fraction in RANGE_FRACTIONS:
-        clip_low, clip_high = min(low * fraction, 0.0), max(high * fraction, 0.0)
-        step = (clip_high - clip_low) / (levels - 1)
-        inside = (centers >= clip_low) & (centers <= clip_high)
-        clipping_error = (weights * (centers - np.clip(centers, clip_low, clip_high)) ** 2).sum()
-        error = clipping_error + weights[inside].sum() * step**2 / 12
-        if error < best[0]:
-            best = (error, float(clip_low), float(clip_high))
-    return best[1], best[2]
+def _model_outputs(model_bytes: bytes, samples_nhwc: np.ndarray) -> np.ndarray:
+    """The model's (dequantized) first output for every sample, one flattened row each."""
+    interpreter = _tensor_keeping_interpreter(model_bytes)
+    output = interpreter.get_output_details()[0]
+    rows = []
+    for sample in samples_nhwc:
+        _invoke(interpreter, sample)
+        rows.append(_dequantize(interpreter.get_tensor(output["index"]), output).ravel())
+    return np.stack(rows)
 
 
-BIAS_SAMPLES = 32
+def _mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    return float(np.mean((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-30)))
+
+
 # Range fitting and bias correction read float layer outputs, and their last bits depend on how the work is
 # split over threads. Bias correction rounds those means into int32 biases layer after layer, so the split
 # shows in the result: on the default MobileNetV2 (quantized from the previous converter route's fp32 graph),

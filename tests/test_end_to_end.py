@@ -65,6 +65,18 @@ def test_parity_meets_the_precision_thresholds(android_export):
             assert parity["top1_agreement"] >= 0.95
 
 
+def test_int8_activation_ranges_were_chosen_among_every_method_by_measured_agreement(android_export):
+    from targets.activation_ranges import RANGE_METHODS
+
+    _, model_dir, _, _ = android_export
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    (int8,) = [a for a in manifest["artifacts"] if a["runtime"] == "tflite" and a["precision"] == "int8"]
+    ranges = int8["details"]["int8_recipe"]["activation_ranges"]
+    assert set(ranges["cosine_by_method"]) == set(RANGE_METHODS)
+    assert ranges["cosine_by_method"][ranges["method"]] == max(ranges["cosine_by_method"].values())
+    assert ranges["scored_on"] > 0 and ranges["description"]
+
+
 def test_manifest_records_the_input_contract_and_tools(android_export):
     _, model_dir, _, _ = android_export
     manifest = json.loads((model_dir / "manifest.json").read_text())

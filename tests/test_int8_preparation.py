@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from targets.equalize import equalize_activation_ranges
-from targets.tflite import mse_optimal_range
+from targets.activation_ranges import mse_optimal_range, percentile_range
 
 
 def skewed_chain(activation: nn.Module) -> nn.Module:
@@ -66,6 +66,16 @@ def test_mse_range_is_narrower_than_min_max_on_a_long_tail_and_quantizes_it_bett
         return float(np.mean((np.clip(np.round(values / step), 0, 255) * step - values) ** 2))
 
     assert int8_error(fitted_high) < 0.7 * int8_error(high)
+
+
+def test_percentile_range_clips_only_the_rarest_values_and_keeps_zero_inside():
+    values = np.random.default_rng(1).normal(loc=3.0, size=1_000_000)  # all positive but a few
+    low, high = float(values.min()), float(values.max())
+    histogram, _ = np.histogram(values, bins=2048, range=(low, high))
+    clip_low, clip_high = percentile_range(histogram, low, high, kept=0.999)
+    outside = np.mean((values < clip_low) | (values > clip_high))
+    assert 0.0002 < outside <= 0.0011  # the 0.1 % asked for, give or take one bin
+    assert clip_high < high and clip_low <= 0.0  # zero must stay exactly representable
 
 
 def conv_outputs_with_weights(model: onnx.ModelProto, batch: np.ndarray) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""The zoo matrix (bench/zoo_matrix.py) and the digit-trained zoo models (bench/zoo_training.py)."""
+"""The zoo matrix (bench/zoo_matrix.py) and the digit-trained zoo weights (exporter/zoo/digits.py)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import zoo_matrix  # noqa: E402
-import zoo_training  # noqa: E402
+
+from exporter.zoo import ZOO  # noqa: E402
+from exporter.zoo import digits  # noqa: E402
 
 SHUFFLES = {"shufflenet_v2_x0_5": 16, "shufflenet_v2_x1_0": 16, "shufflenet_v1_g3": 16}
 
@@ -58,7 +60,7 @@ def test_the_matrix_reads_finished_exports_instead_of_exporting_again(tmp_path, 
     assert tflite["export_seconds"] == pytest.approx(108.0)  # a hand-made export: the manifest's stage times
     assert rows[0]["transposes"] is None and rows[0]["convert_seconds"] == 3.0
     markdown = (tmp_path / "zoo_matrix.md").read_text()
-    assert "| squeezenet1_1 | random init | tflite int8 | 0.995000 | 0.970 |" in markdown
+    assert "| squeezenet1_1 | digits (trained) | tflite int8 | 0.995000 | 0.970 |" in markdown
 
 
 def test_a_failed_gate_fails_the_matrix_and_is_named_in_the_table(tmp_path, capsys):
@@ -86,43 +88,50 @@ def test_before_and_after_columns_come_from_an_earlier_table(tmp_path, capsys):
 
 
 def test_model_patterns_select_zoo_models_and_unknown_ones_are_refused():
-    assert zoo_matrix.select_models(["shufflenet_v1_*"], trained=False) == [
+    assert zoo_matrix.select_models(["shufflenet_v1_*"]) == [
         "shufflenet_v1_g1", "shufflenet_v1_g2", "shufflenet_v1_g3", "shufflenet_v1_g4", "shufflenet_v1_g8"]
-    assert zoo_matrix.select_models(None, trained=True) == list(zoo_training.TRAINING_PLANS)
+    assert zoo_matrix.select_models(None) == list(ZOO)
     with pytest.raises(SystemExit):
-        zoo_matrix.select_models(["resnet50"], trained=False)
+        zoo_matrix.select_models(["resnet50"])
 
 
-@pytest.mark.parametrize("name", list(zoo_training.TRAINING_PLANS))
+def test_every_zoo_model_has_trained_weights_planned_and_v1_resolutions_share_their_width():
+    assert {digits.weights_set(name) for name in ZOO} == set(digits.TRAINING_PLANS)
+    assert digits.weights_set("mobilenet_v1_0_5_192") == "mobilenet_v1_0_5_128"
+    assert digits.export_size("mobilenet_v1_0_5_192") == 192
+    assert digits.export_size("mnasnet1_0") == digits.TRAINING_PLANS["mnasnet1_0"].input_size
+
+
+@pytest.mark.parametrize("name", digits.STORED_IN_REPOSITORY)
 def test_trained_zoo_weights_load_with_a_ten_class_head_and_recognize_held_out_digits(name):
-    """The stored weights are what bench/zoo_training.py recorded: zoo:NAME --weights loads them (the
+    """The stored weights are what their training recorded: zoo:NAME --weights loads them (the
     classifier resized to the checkpoint's 10 classes) and they read digits never seen in training."""
     import torch
 
     from exporter.sources import load_model
 
-    record = zoo_training.read_records()[name]
-    loaded = load_model(f"zoo:{name}", str(zoo_training.trained_weights(name)))
-    photos, labels = zoo_training.digit_photos(record["input_size"])
-    held_out = photos[zoo_training.TRAIN_COUNT:]
-    inputs = torch.from_numpy(zoo_training.model_inputs(held_out, zoo_training.contract_for(name)))
+    record = digits.read_records()[name]
+    loaded = load_model(f"zoo:{name}", str(digits.trained_weights(name)))
+    photos, labels = digits.digit_photos(record["input_size"])
+    held_out = photos[digits.TRAIN_COUNT:]
+    inputs = torch.from_numpy(digits.model_inputs(held_out, digits.contract_for(name)))
     with torch.no_grad():
         predicted = torch.cat([loaded.module(chunk).argmax(1) for chunk in inputs.split(100)]).numpy()
-    accuracy = float((predicted == labels[zoo_training.TRAIN_COUNT:]).mean())
+    accuracy = float((predicted == labels[digits.TRAIN_COUNT:]).mean())
     assert predicted.max() < 10
     assert accuracy >= 0.9
     assert accuracy == pytest.approx(record["held_out_accuracy"], abs=0.02)  # float16 storage moves a few digits
 
 
 def test_parity_data_holds_training_digits_for_calibration_and_held_out_digits_for_validation(tmp_path):
-    data = zoo_training.write_parity_data("squeezenet1_1", tmp_path)
+    data = digits.write_parity_data("squeezenet1_1", tmp_path)
     calibration, validation = np.load(data.calibration), np.load(data.validation)
-    photos, _ = zoo_training.digit_photos(zoo_training.TRAINING_PLANS["squeezenet1_1"].input_size)
+    photos, _ = digits.digit_photos(digits.TRAINING_PLANS["squeezenet1_1"].input_size)
 
     assert calibration.dtype == np.uint8 and calibration.shape[1:] == photos.shape[1:]
-    assert len(validation) == len(photos) - zoo_training.TRAIN_COUNT
-    np.testing.assert_array_equal(validation, photos[zoo_training.TRAIN_COUNT:])
-    assert len(calibration) <= zoo_training.TRAIN_COUNT
+    assert len(validation) == len(photos) - digits.TRAIN_COUNT
+    np.testing.assert_array_equal(validation, photos[digits.TRAIN_COUNT:])
+    assert len(calibration) <= digits.TRAIN_COUNT
 
 
 @pytest.mark.slow
@@ -132,9 +141,9 @@ def test_representative_zoo_models_export_to_android_with_parity_and_lean_shuffl
     no TRANSPOSE (the issue allows one per shuffle; the lean graph needs none)."""
     models = ["shufflenet_v2_x0_5", "mobilenet_v3_small", "squeezenet1_1"]
 
-    exit_code = zoo_matrix.main(["--trained", "--models", *models, "--out", str(tmp_path)])
+    exit_code = zoo_matrix.main(["--models", *models, "--out", str(tmp_path)])
 
-    rows = json.loads((tmp_path / "trained" / "zoo_matrix.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "zoo_matrix.json").read_text())["rows"]
     assert exit_code == 0, [row for row in rows if not row["passed"]]
     assert {row["model"] for row in rows} == set(models)
     assert {row["artifact"] for row in rows} >= {"onnx fp32", "tflite fp32", "tflite fp16", "tflite int8",
@@ -142,3 +151,48 @@ def test_representative_zoo_models_export_to_android_with_parity_and_lean_shuffl
     for row in rows:
         if row["artifact"].startswith("tflite") and row["model"] in SHUFFLES:
             assert row["transposes"] == 0, row
+
+
+def test_a_zoo_model_without_published_weights_exports_with_its_digit_weights_and_digits(monkeypatch, tmp_path):
+    """`--model zoo:NAME` alone: the digit-trained weights, 10 digit labels, the weights' input size, and
+    calibration / validation on training / held-out digits; any of them given by the user wins."""
+    from exporter.config import build_spec
+    from exporter.sources import load_model
+
+    monkeypatch.setenv("MOBILE_EXPORT_CACHE", str(tmp_path))
+    spec = build_spec({"model": "zoo:shufflenet_v2_x0_5"})
+    loaded = load_model(spec.model, spec.weights)
+
+    assert spec.contract.input_shape == (1, 3, 96, 96)
+    assert (Path(spec.calib).parent, Path(spec.val).parent) == (tmp_path / "zoo-weights" / "data",) * 2
+    assert len(np.load(spec.val)) == 1797 - digits.TRAIN_COUNT
+    assert loaded.weights == str(digits.trained_weights("shufflenet_v2_x0_5"))
+    assert loaded.labels == digits.LABELS
+    assert build_spec({"model": "zoo:mobilenet_v1_0_5_160"}).contract.input_shape == (1, 3, 160, 160)
+    assert build_spec({"model": "zoo:shufflenet_v2_x0_5", "calib": "photos"}).val is None
+    own_weights = build_spec({"model": "zoo:shufflenet_v2_x0_5", "weights": "mine.safetensors"})
+    assert (own_weights.calib, own_weights.contract.input_shape) == ("builtin", (1, 3, 224, 224))
+    imagenet = build_spec({"model": "zoo:mobilenet_v2"})
+    assert (imagenet.calib, load_model("zoo:mobilenet_v2").labels[0]) == ("builtin", "tench")
+
+
+def test_weights_missing_from_package_and_cache_are_trained_once_and_cached(monkeypatch, tmp_path):
+    """A weight set the package does not hold is trained on first use, into the cache, with its record."""
+    calls = []
+
+    def fake_training(name, weights_dir=None, report_every=0):
+        calls.append(name)
+        path = digits.trained_weights(name, weights_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+        return digits.TrainingRecord(name, digits.DATASET, 10, 96, 1, 1, 0.1, 0.1, 0.9, path.name, 7)
+
+    monkeypatch.setenv("MOBILE_EXPORT_CACHE", str(tmp_path))
+    monkeypatch.setattr(digits, "train_and_save", fake_training)
+
+    first = digits.ensure_trained("mnasnet1_0")
+    again = digits.ensure_trained("mnasnet1_0")
+
+    assert first == again == tmp_path / "zoo-weights" / "mnasnet1_0_digits.safetensors"
+    assert calls == ["mnasnet1_0"]
+    assert digits.read_records(tmp_path / "zoo-weights")["mnasnet1_0"]["held_out_accuracy"] == 0.9
