@@ -69,7 +69,7 @@ def write_bundle(model_dir: Path) -> Path:
     manifest = read_manifest(model_dir)
     entries = dict(_artifact_entries(model_dir, manifest))
     labels = (manifest.get("labels") or {}).get("path")
-    if labels and (model_dir / labels).is_file():
+    if labels and _inside(model_dir, labels).is_file():
         entries[labels] = (model_dir / labels).read_bytes()
     entries[MANIFEST_NAME] = (model_dir / MANIFEST_NAME).read_bytes()
     entries[CONTRACT_NAME] = (json.dumps(contract_json(manifest), indent=2) + "\n").encode("utf-8")
@@ -106,7 +106,7 @@ def _artifact_entries(model_dir: Path, manifest: dict):
     """(name in the zip, bytes) for every artifact file, after checking it is the file the export wrote."""
     for artifact in manifest["artifacts"]:
         for record in artifact["files"]:
-            path = model_dir / record["path"]
+            path = _inside(model_dir, record["path"])
             if not path.exists():
                 raise InputError(f"{record['path']} is listed in the manifest but missing",
                                  hint="re-run the export to rebuild the model folder")
@@ -120,6 +120,16 @@ def _artifact_entries(model_dir: Path, manifest: dict):
                     yield f"{record['path']}/{file.relative_to(path).as_posix()}", file.read_bytes()
             else:
                 yield record["path"], path.read_bytes()
+
+
+def _inside(model_dir: Path, relative: str) -> Path:
+    """model_dir / relative, refused when the manifest's path leads out of the folder: a bundle ships the
+    export, never another file of the machine (and its zip entry names stay relative)."""
+    path = model_dir / relative
+    if Path(relative).is_absolute() or not path.resolve().is_relative_to(model_dir.resolve()):
+        raise InputError(f"the manifest lists {relative!r}, outside {model_dir}",
+                         hint="the manifest was edited by hand: re-run the export to rebuild the model folder")
+    return path
 
 
 def _write_zip_atomically(path: Path, entries: dict[str, bytes]) -> None:

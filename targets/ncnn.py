@@ -138,6 +138,15 @@ class NcnnRunner:
         summary = read_param(param)
         self._input_blob, self._output_blob = summary.input_blob, summary.output_blob
 
+    @property
+    def options(self):
+        """The ncnn.Option the net runs with (threads, fp16 storage and arithmetic, ...)."""
+        return self._net.opt
+
+    def extractor(self):
+        """A fresh ncnn extractor of the loaded net, for reading intermediate blobs."""
+        return self._net.create_extractor()
+
     def run(self, batch_nchw: np.ndarray) -> np.ndarray:
         import ncnn
 

@@ -130,7 +130,6 @@ def _write_request(job: ConversionJob, int8_onnx: Path) -> Path:
         "int8_onnx": str(int8_onnx),
         "calibration": str(job.workdir / "calibration_nhwc.npy"),
         "int8_io": job.int8_io,
-        "float_ops": list(FLOAT_OPS),
     }
     path = job.workdir / "request.json"
     path.write_text(json.dumps(request))
@@ -154,7 +153,7 @@ def _onnx2tf_sample_images(job: ConversionJob) -> np.ndarray:
 
 def describe_tflite(path: Path) -> dict:
     """Input/output dtypes and layout, and how many ops of each kind the graph holds."""
-    interpreter = _tensor_keeping_interpreter(path.read_bytes())  # no delegate: count the model's own ops
+    interpreter = tensor_keeping_interpreter(path.read_bytes())  # no delegate: count the model's own ops
     operations: dict[str, int] = {}
     for op in interpreter._get_ops_details():
         operations[op["op_name"]] = operations.get(op["op_name"], 0) + 1
@@ -189,17 +188,21 @@ class LiteRTRunner:
     def run(self, batch_nchw: np.ndarray) -> np.ndarray:
         return run_in_chunks(self._run_fixed_batch, batch_nchw, int(self._input["shape"][0]))
 
+    def op_names(self) -> set[str]:
+        """The kinds of node in the execution plan: "DELEGATE" when XNNPACK took (part of) the graph."""
+        return {op["op_name"] for op in self._interpreter._get_ops_details()}  # the only way LiteRT tells
+
     def _run_fixed_batch(self, batch_nchw: np.ndarray) -> np.ndarray:
         tensor = batch_nchw
         if tensor.ndim == 4 and tuple(self._input["shape"][1:]) != tensor.shape[1:]:
             tensor = tensor.transpose(0, 2, 3, 1)
-        self._interpreter.set_tensor(self._input["index"], _quantize(tensor, self._input))
+        self._interpreter.set_tensor(self._input["index"], quantize(tensor, self._input))
         self._interpreter.invoke()
-        output = _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+        output = dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
         return output.transpose(0, 3, 1, 2) if output.ndim == 4 else output
 
 
-def _quantize(tensor: np.ndarray, details: dict) -> np.ndarray:
+def quantize(tensor: np.ndarray, details: dict) -> np.ndarray:
     dtype = np.dtype(details["dtype"])
     if dtype.kind == "f":
         return tensor.astype(dtype)
@@ -208,7 +211,7 @@ def _quantize(tensor: np.ndarray, details: dict) -> np.ndarray:
     return np.clip(np.round(tensor / scale + zero_point), info.min, info.max).astype(dtype)
 
 
-def _dequantize(tensor: np.ndarray, details: dict) -> np.ndarray:
+def dequantize(tensor: np.ndarray, details: dict) -> np.ndarray:
     if np.dtype(details["dtype"]).kind == "f":
         return tensor.astype(np.float32)
     scale, zero_point = details["quantization"]
@@ -227,7 +230,7 @@ def _child_main(request_path: Path) -> None:
         (workdir / FILE_FOR_PRECISION[precision]).write_bytes(model_bytes)
     float_model, how = _float_model_for_int8(request, workdir)
     calibration = np.load(request["calibration"])
-    int8_model, ranges = _quantize_int8(float_model, calibration, request["int8_io"], request["float_ops"])
+    int8_model, ranges = _quantize_int8(float_model, calibration, request["int8_io"])
     (workdir / FILE_FOR_PRECISION["int8"]).write_bytes(int8_model)
     (workdir / CHILD_RESULT).write_text(json.dumps({"int8_float_graph": how, "activation_ranges": ranges}))
 
@@ -287,8 +290,7 @@ def _convert_with_onnx2tf(onnx_path: Path, scratch: Path) -> dict[str, bytes]:
     return models
 
 
-def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bool,
-                   float_ops: list[str]) -> tuple[bytes, dict]:
+def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bool) -> tuple[bytes, dict]:
     """Full-integer int8: per-channel weights, activation ranges fitted to the user's photos. Returns the
     model and how its activation ranges were chosen.
 
@@ -307,56 +309,53 @@ def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bo
         )
     selection = calibration_nhwc[:: max(1, len(calibration_nhwc) // SELECTION_SAMPLES)]
     with _phase("int8 activation ranges (one quantization per method, scored)"):
-        quantized, choice = _quantize_with_best_ranges(calibrated, calibration_nhwc, selection, int8_io, float_ops)
+        quantized, choice = _quantize_with_best_ranges(calibrated, calibration_nhwc, selection, int8_io)
     with _phase("int8 bias correction"):
         return correct_biases(quantized, calibrated, selection), choice
 
 
-FLOAT_OPS: tuple[str, ...] = ()
 SELECTION_SAMPLES = 32  # calibration photos the range methods are scored on and bias correction measures
 
 
 def _quantize_with_best_ranges(calibrated: bytes, calibration_nhwc: np.ndarray, selection_nhwc: np.ndarray,
-                               int8_io: bool, float_ops: list[str]) -> tuple[bytes, dict]:
+                               int8_io: bool) -> tuple[bytes, dict]:
     from tensorflow.lite.tools import flatbuffer_utils
 
     from targets.activation_ranges import RANGE_METHODS, calibrated_ranges, collect_histograms, with_ranges
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
-    interpreter = _tensor_keeping_interpreter(calibrated)
+    interpreter = tensor_keeping_interpreter(calibrated)
     histograms = collect_histograms(interpreter, calibrated_ranges(model), calibration_nhwc,
                                     skip={interpreter.get_input_details()[0]["index"]})
     reference = _model_outputs(calibrated, selection_nhwc)
     candidates, scores = {}, {}
     for method in RANGE_METHODS:
         with_ranges(model, histograms, method)
-        candidates[method] = _mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
-                                            int8_io, float_ops)
+        candidates[method] = _mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)), int8_io)
         scores[method] = round(_mean_cosine(reference, _model_outputs(candidates[method], selection_nhwc)), 6)
     best = max(RANGE_METHODS, key=lambda method: scores[method])  # a tie keeps the earlier, preferred method
     print(f"[mobile-export] int8 activation ranges: {best} (output cosine per method {scores})", flush=True)
     return candidates[best], {"method": best, "cosine_by_method": scores, "scored_on": len(selection_nhwc)}
 
 
-def _mlir_quantize(tuned: bytes, int8_io: bool, float_ops: list[str]) -> bytes:
+def _mlir_quantize(tuned: bytes, int8_io: bool) -> bytes:
     import tensorflow as tf
     from tensorflow.lite.python import convert as tflite_convert
 
     io_type = tf.int8 if int8_io else tf.float32
     return tflite_convert.mlir_quantize(
         tuned, disable_per_channel=False, input_data_type=io_type, output_data_type=io_type,
-        denylisted_ops=list(float_ops) or None,
     )
 
 
 def _model_outputs(model_bytes: bytes, samples_nhwc: np.ndarray) -> np.ndarray:
     """The model's (dequantized) first output for every sample, one flattened row each."""
-    interpreter = _tensor_keeping_interpreter(model_bytes)
+    interpreter = tensor_keeping_interpreter(model_bytes)
     output = interpreter.get_output_details()[0]
     rows = []
     for sample in samples_nhwc:
         _invoke(interpreter, sample)
-        rows.append(_dequantize(interpreter.get_tensor(output["index"]), output).ravel())
+        rows.append(dequantize(interpreter.get_tensor(output["index"]), output).ravel())
     return np.stack(rows)
 
 
@@ -434,17 +433,17 @@ def _float_layer_outputs(float_model: bytes, samples_nhwc: np.ndarray) -> list[n
 def _layer_outputs(model_bytes: bytes, indices: list[int], samples_nhwc: np.ndarray,
                    dtype=np.float32) -> list[np.ndarray]:
     """The (dequantized) outputs of the tensors `indices` for every sample, one array per tensor."""
-    interpreter = _tensor_keeping_interpreter(model_bytes)
+    interpreter = tensor_keeping_interpreter(model_bytes)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     collected = [[] for _ in indices]
     for sample in samples_nhwc:
         _invoke(interpreter, sample)
         for store, index in zip(collected, indices):
-            store.append(_dequantize(interpreter.get_tensor(index), details[index]).astype(dtype, copy=False))
+            store.append(dequantize(interpreter.get_tensor(index), details[index]).astype(dtype, copy=False))
     return [np.stack(store) for store in collected]
 
 
-def _tensor_keeping_interpreter(model_bytes: bytes):
+def tensor_keeping_interpreter(model_bytes: bytes):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interpreter = Interpreter(
@@ -457,7 +456,7 @@ def _tensor_keeping_interpreter(model_bytes: bytes):
 
 def _invoke(interpreter, sample_nhwc: np.ndarray) -> None:
     details = interpreter.get_input_details()[0]
-    interpreter.set_tensor(details["index"], _quantize(sample_nhwc[None], details))
+    interpreter.set_tensor(details["index"], quantize(sample_nhwc[None], details))
     interpreter.invoke()
 
 

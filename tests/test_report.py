@@ -182,6 +182,25 @@ def test_bundle_refuses_an_artifact_changed_since_the_export(reported, tmp_path)
     assert not (model_dir / "bundle.zip").exists()
 
 
+def test_bundle_refuses_a_manifest_path_that_leads_out_of_the_model_folder(reported, tmp_path):
+    """A hand-edited manifest must not smuggle another file of the machine into the zip for app teams."""
+    model_dir = tmp_path / "my_mod"
+    shutil.copytree(reported, model_dir)
+    (model_dir / "bundle.zip").unlink()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the app team")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["artifacts"][0]["files"][0].update(path="../secret.txt",
+                                                sha256=hashlib.sha256(secret.read_bytes()).hexdigest())
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+
+    result = report_cli(model_dir)
+
+    assert result.exit_code == 2
+    assert "'../secret.txt', outside" in result.output and "re-run the export" in result.output
+    assert not (model_dir / "bundle.zip").exists()
+
+
 def test_core_ml_snippet_names_the_generated_class_and_reads_the_classifier():
     from exporter.bundle import Contract, coreml_swift
 

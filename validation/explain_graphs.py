@@ -48,7 +48,7 @@ class TFLiteGraph:
     def __init__(self, model_bytes: bytes):
         from ai_edge_litert import schema_py_generated as schema
 
-        from targets.tflite import _tensor_keeping_interpreter
+        from targets.tflite import tensor_keeping_interpreter
 
         try:
             self._model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
@@ -63,7 +63,7 @@ class TFLiteGraph:
         self._producers = {int(out): op for op in graph.operators for out in op.outputs}
         self._kinds = {id(op): names.get(codes[op.opcodeIndex], "CUSTOM") for op in graph.operators}
         self.ops = tuple(self._describe(index, op) for index, op in enumerate(graph.operators))
-        self._interpreter = _tensor_keeping_interpreter(model_bytes)
+        self._interpreter = tensor_keeping_interpreter(model_bytes)
         self._details = {d["index"]: d for d in self._interpreter.get_tensor_details()}
 
     def tensor_name(self, tensor: int) -> str:
@@ -94,12 +94,12 @@ class TFLiteGraph:
 
     def run(self, batch_nchw: np.ndarray, tensors: list[int]) -> dict[int, np.ndarray]:
         """One invocation on a batch of the artifact's batch size: {tensor: float32 value, NCHW}."""
-        from targets.tflite import _dequantize, _quantize
+        from targets.tflite import dequantize, quantize
 
         batch = batch_nchw.transpose(0, 2, 3, 1) if batch_nchw.ndim == 4 else batch_nchw
-        self._interpreter.set_tensor(self.input, _quantize(np.ascontiguousarray(batch), self._details[self.input]))
+        self._interpreter.set_tensor(self.input, quantize(np.ascontiguousarray(batch), self._details[self.input]))
         self._interpreter.invoke()
-        return {index: tflite_to_nchw(_dequantize(self._interpreter.get_tensor(index), self._details[index]))
+        return {index: tflite_to_nchw(dequantize(self._interpreter.get_tensor(index), self._details[index]))
                 for index in tensors}
 
 
@@ -174,7 +174,7 @@ class NcnnGraph:
 
         values: dict[str, list[np.ndarray]] = {blob: [] for blob in blobs}
         for sample in np.ascontiguousarray(batch_nchw, dtype=np.float32):
-            extractor = self._runner._net.create_extractor()
+            extractor = self._runner.extractor()
             extractor.set_light_mode(False)  # keep every blob, not only the ones still needed
             extractor.input(self.input, ncnn.Mat(np.ascontiguousarray(sample)).clone())
             for blob in blobs:

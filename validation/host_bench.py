@@ -250,14 +250,13 @@ def _open_runner(request: MeasureRequest):
         from targets.tflite import LiteRTRunner
 
         runner = LiteRTRunner(files[0], threads=request.threads)
-        # Reading the interpreter's execution plan is the only way to see whether XNNPACK took the graph.
-        ops = {op["op_name"] for op in runner._interpreter._get_ops_details()}  # noqa: SLF001
-        delegate = "XNNPACK (LiteRT's default CPU delegate)" if "DELEGATE" in ops else "none: built-in kernels"
+        took_graph = "DELEGATE" in runner.op_names()
+        delegate = "XNNPACK (LiteRT's default CPU delegate)" if took_graph else "none: built-in kernels"
         return runner, {"delegate": delegate, "num_threads": request.threads}
     from targets.ncnn import NcnnRunner
 
     runner = NcnnRunner(files[0], files[1], request.precision, threads=request.threads)
-    options = runner._net.opt  # noqa: SLF001 (the options the runner chose, as ncnn holds them)
+    options = runner.options
     keys = ("num_threads", "use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
             "use_packing_layout", "use_winograd_convolution", "use_sgemm_convolution", "use_vulkan_compute")
     return runner, {key: getattr(options, key) for key in keys}
