@@ -63,6 +63,14 @@ class Contract:
         return tuple(1.0 / (s * self.pixel_scale) for s in self.std)
 
 
+def write_report_and_bundle(model_dir: Path) -> tuple[Path, Path, Path]:
+    """report.html, report.md and bundle.zip (which includes the report) for an export folder."""
+    from validation.html_report import write_reports
+
+    html_path, md_path = write_reports(model_dir)
+    return html_path, md_path, write_bundle(model_dir)
+
+
 def write_bundle(model_dir: Path) -> Path:
     from validation.explain import read_manifest
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter import onnx_stage
+from exporter.bundle import write_report_and_bundle
 from exporter.cache import conversion_key, reusable_artifacts, with_conversion_record
 from exporter.config import ExportSpec
 from exporter.datasets import DatasetPlan, Datasets, build_datasets
@@ -138,6 +139,9 @@ def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
         manifest = _manifest(run, onnx_model, reference_name, records, tool_versions, failures)
         manifest_path = run.model_dir / MANIFEST_NAME
         write_json_atomically(manifest_path, manifest)
+    with run.clock.stage("write report.html, report.md and bundle.zip"):
+        # Rewritten with every export, so the folder never holds a report or bundle of earlier artifacts.
+        write_report_and_bundle(run.model_dir)
     return ExportReport(run.model_dir, manifest_path, records, dict(run.clock.seconds), tuple(failures))
 
 
