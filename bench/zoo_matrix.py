@@ -3,6 +3,7 @@
     .venv/bin/python bench/zoo_matrix.py --out /tmp/zoo                     # every zoo model, --target android
     .venv/bin/python bench/zoo_matrix.py --models shufflenet_v2_x1_0 squeezenet1_1 --target all
     .venv/bin/python bench/zoo_matrix.py --out /tmp/zoo --before old/zoo_matrix.json
+    .venv/bin/python bench/zoo_matrix.py --out /tmp/zoo --exported-only      # the table so far, no exports
 
 Each model is exported by the real command line in a child process, exactly as a user runs it, and its
 manifest read back: per artifact the parity (cosine, top-1 agreement, gate), the size, the seconds its
@@ -205,13 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="android", choices=("android", "all", "tflite", "ncnn", "ios"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/zoo"))
     parser.add_argument("--force", action="store_true", help="export again even where a manifest exists")
+    parser.add_argument("--exported-only", action="store_true",
+                        help="export nothing: the table of the models OUT already holds a manifest for")
     parser.add_argument("--before", type=Path, help="an earlier zoo_matrix.json to compare with")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per model export")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     before = read_before(args.before) if args.before else None
     rows: list[MatrixRow] = []
-    for run in plan_runs(select_models(args.models), args.target, out):
+    runs = plan_runs(select_models(args.models), args.target, out)
+    if args.exported_only:
+        runs = [run for run in runs if (run.model_dir / "manifest.json").is_file()]
+    for run in runs:
         exit_code, seconds, manifest = run_one(run, args.force, args.timeout)
         rows += rows_of(run, exit_code, seconds, manifest)
         print(f"{run.model}: exit {exit_code} in {seconds:.0f} s", file=sys.stderr, flush=True)

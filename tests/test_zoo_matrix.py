@@ -196,3 +196,13 @@ def test_weights_missing_from_package_and_cache_are_trained_once_and_cached(monk
     assert first == again == tmp_path / "zoo-weights" / "mnasnet1_0_digits.safetensors"
     assert calls == ["mnasnet1_0"]
     assert digits.read_records(tmp_path / "zoo-weights")["mnasnet1_0"]["held_out_accuracy"] == 0.9
+
+
+def test_exported_only_tabulates_finished_exports_and_starts_none(tmp_path, monkeypatch):
+    _write_export(tmp_path / "squeezenet1_1", _manifest())
+    monkeypatch.setattr(zoo_matrix.subprocess, "run", lambda *a, **k: pytest.fail("exported"))
+
+    exit_code = zoo_matrix.main(["--models", "squeezenet*", "--out", str(tmp_path), "--exported-only"])
+
+    rows = json.loads((tmp_path / "zoo_matrix.json").read_text())["rows"]
+    assert exit_code == 0 and {row["model"] for row in rows} == {"squeezenet1_1"}
