@@ -53,6 +53,9 @@ _SMALL, _LARGE = TrainingPlan(steps=400, input_size=96), TrainingPlan(steps=300,
 # Without batch norm, a higher rate kills the ReLU after SqueezeNet's classifier conv: chance accuracy.
 _NO_BATCH_NORM = TrainingPlan(steps=400, input_size=96, learning_rate=5e-4)
 _MOBILENET_V1 = TrainingPlan(steps=500, input_size=128)
+# At 96x96 ShuffleNetV1 g3's last stage runs on 3x3 maps with 3 groups, and onnx2tf then mistakes the layout
+# of its grouped 1x1 convolutions ("Dimensions must be equal ... [1,3,3,76800]"); at 128 the maps are 4x4.
+_GROUPS_OF_THREE = TrainingPlan(steps=400, input_size=128)
 TRAINING_PLANS = {
     "shufflenet_v2_x0_5": _SMALL,
     "mobilenet_v3_small": _LARGE,
@@ -61,7 +64,7 @@ TRAINING_PLANS = {
     "mobilenet_v1_0_5_128": _MOBILENET_V1,
     "mobilenet_v1_0_75_128": _MOBILENET_V1,
     "mobilenet_v1_1_0_128": _MOBILENET_V1,
-    "mobilenet_v2": _LARGE,
+    "mobilenet_v2": _LARGE,  # exports default to its ImageNet weights; these are for --weights on digits
     "mobilenet_v2_1_4": _LARGE,
     "mobilenet_v2_0_75": _LARGE,
     "mobilenet_v2_0_5": _SMALL,
@@ -72,7 +75,7 @@ TRAINING_PLANS = {
     "shufflenet_v2_x2_0": _LARGE,
     "shufflenet_v1_g1": _SMALL,
     "shufflenet_v1_g2": _SMALL,
-    "shufflenet_v1_g3": _SMALL,
+    "shufflenet_v1_g3": _GROUPS_OF_THREE,
     "shufflenet_v1_g4": _SMALL,
     "shufflenet_v1_g8": _SMALL,
     "squeezenet1_0": _NO_BATCH_NORM,
