@@ -14,8 +14,9 @@ Rewrites, each exact (values are only moved, never computed):
 - **Zero padding for max pools of non-negative tensors**: a padded MaxPool reads -inf in its padding, which
   onnx2tf writes as a PADV2 with the float minimum. int8 calibration then sees -3.4e38 in that tensor's range:
   its scale becomes ~1e36, the int8 model computes nothing and XNNPACK refuses to load it (ShuffleNetV2's
-  stem). After a ReLU every value is >= 0, so padding with 0 gives the same maximum: the MaxPool gets an
-  explicit zero Pad in front and no padding of its own.
+  stem, SqueezeNet 1.0's ceil-mode pools). After a ReLU every value is >= 0, so padding with 0 gives the same
+  maximum: the MaxPool gets an explicit zero Pad in front (ceil mode's extra windows as more end padding)
+  and no padding of its own.
 
 Zero Pads before a convolution need no pass here: the ONNX stage's onnxsim already folds them into the
 Conv's pads. The PAD ops that remain in a TFLite graph come from convolutions and pools with stride 2 on an
@@ -254,8 +255,10 @@ def _zero_pad_max_pools(graph: _Graph) -> int:
 
     rewritten = 0
     for pool in [node for node in graph.graph.node if node.op_type == "MaxPool"]:
-        pads = _attribute(pool, "pads", None)
-        if not pads or not any(pads) or not _plain_max_pool(pool) or not _non_negative(graph, pool.input[0]):
+        if not _plain_max_pool(pool) or not _non_negative(graph, pool.input[0]):
+            continue
+        pads = _padding_read(graph, pool)
+        if not pads or not any(pads):
             continue
         spatial = len(pads) // 2
         onnx_pads = np.array([0, 0, *pads[:spatial], 0, 0, *pads[spatial:]], dtype=np.int64)
@@ -264,7 +267,7 @@ def _zero_pad_max_pools(graph: _Graph) -> int:
                                name=f"{pool.name}/zero_pad", mode="constant")
         unpadded = _copy(pool)
         unpadded.input[0] = padded
-        kept = [a for a in unpadded.attribute if a.name != "pads"]
+        kept = [a for a in unpadded.attribute if a.name not in ("pads", "ceil_mode")]
         del unpadded.attribute[:]
         unpadded.attribute.extend(kept)
         graph.replace_nodes([pool], [pad, unpadded])
@@ -280,15 +283,35 @@ def _attribute(node, name: str, default):
 
 
 def _plain_max_pool(pool) -> bool:
-    """Explicit pads only, no dilation, no ceil mode (whose extra windows clip at the border), one output."""
+    """Explicit pads only, no dilation, one output."""
     auto_pad = _attribute(pool, "auto_pad", b"NOTSET")
     dilations = _attribute(pool, "dilations", None)
-    return (auto_pad in (b"NOTSET", "NOTSET", b"", "") and not _attribute(pool, "ceil_mode", 0)
-            and (dilations is None or all(d == 1 for d in dilations)) and len(pool.output) == 1)
+    return (auto_pad in (b"NOTSET", "NOTSET", b"", "") and (dilations is None or all(d == 1 for d in dilations))
+            and len(pool.output) == 1)
+
+
+def _padding_read(graph: _Graph, pool) -> list[int] | None:
+    """The pool's pads (begin..., end...), with ceil mode's extra last windows (SqueezeNet's pools) as more
+    end padding: a zero Pad of that size and a floor-mode pool give the same windows. None when ceil mode
+    meets unknown shapes."""
+    kernel = list(_attribute(pool, "kernel_shape", []))
+    strides = list(_attribute(pool, "strides", [1] * len(kernel)))
+    pads = list(_attribute(pool, "pads", [0] * 2 * len(kernel)))
+    if not _attribute(pool, "ceil_mode", 0):
+        return pads
+    in_shape, out_shape = graph.shapes.get(pool.input[0]), graph.shapes.get(pool.output[0])
+    if in_shape is None or out_shape is None:
+        return None
+    spatial = len(kernel)
+    for axis in range(spatial):
+        last_window_end = (out_shape[2 + axis] - 1) * strides[axis] + kernel[axis]
+        pads[spatial + axis] = max(pads[spatial + axis], last_window_end - in_shape[2 + axis] - pads[axis])
+    return pads
 
 
 def _non_negative(graph: _Graph, tensor: str) -> bool:
-    """Whether `tensor` is made by an op whose output is never negative (ReLU, or a Clip at >= 0)."""
+    """Whether `tensor` is never negative: made by a ReLU or a Clip at >= 0, or a Concat or MaxPool of such
+    tensors (SqueezeNet's fire modules concatenate two ReLU outputs before a pool)."""
     producer = next((node for node in graph.graph.node if tensor in node.output), None)
     if producer is None:
         return False
@@ -297,5 +320,9 @@ def _non_negative(graph: _Graph, tensor: str) -> bool:
     if producer.op_type == "Clip" and len(producer.input) > 1 and producer.input[1]:
         low = graph.constant(producer.input[1])
         return low is not None and float(low) >= 0.0
+    if producer.op_type == "Concat":
+        return all(_non_negative(graph, source) for source in producer.input)
+    if producer.op_type == "MaxPool":
+        return _non_negative(graph, producer.input[0])
     return False
 

@@ -54,6 +54,21 @@ class PoolOfSignedValues(nn.Module):
         return self.pool(self.conv(x) - 10.0)
 
 
+class FirePool(nn.Module):
+    """SqueezeNet 1.0's pattern: two ReLU branches concatenated, then a ceil-mode max pool whose last window
+    runs past the border (32 -> 16 needs one more row and column)."""
+
+    def __init__(self):
+        super().__init__()
+        self.squeeze = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU())
+        self.left, self.right = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+
+    def forward(self, x):
+        x = self.squeeze(x)
+        return self.pool(torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], 1))
+
+
 class SpatialTranspose(nn.Module):
     """Reshape → Transpose → Reshape that swaps H and W: not a channel permutation, must stay as it is."""
 
@@ -139,6 +154,18 @@ def test_a_max_pool_of_relu_outputs_pads_with_zeros_instead_of_minus_infinity(tm
     assert all(attribute.name != "pads" for attribute in pool.attribute)
     pad = next(node for node in rewritten.graph.node if node.output[0] == pool.input[0])
     assert pad.op_type == "Pad" and len(pad.input) == 2  # constant mode, value 0
+    _assert_exact(original, rewritten)
+
+
+def test_a_ceil_mode_max_pool_of_concatenated_relus_pads_with_zeros_and_keeps_its_output(tmp_path):
+    original = onnx.load(str(_onnx_of(FirePool(), tmp_path)))
+
+    rewritten, report = lean_graph(original)
+
+    assert report.max_pools_zero_padded == 1
+    pool = next(node for node in rewritten.graph.node if node.op_type == "MaxPool")
+    assert {attribute.name for attribute in pool.attribute}.isdisjoint({"pads", "ceil_mode"})
+    assert _run(rewritten, _photos(CONTRACT)).shape[-2:] == (16, 16)
     _assert_exact(original, rewritten)
 
 
