@@ -48,7 +48,13 @@ def start_export(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "w") as output:
         return subprocess.Popen([sys.executable, "-m", "exporter.cli", "export", *args], cwd=cwd, env=env,
-                                stdout=output, stderr=subprocess.STDOUT)
+                                stdout=output, stderr=subprocess.STDOUT, preexec_fn=_ctrl_c_not_ignored)
+
+
+def _ctrl_c_not_ignored() -> None:
+    """A shell's background job (`make test &`, nohup) inherits Ctrl-C ignored, and Python keeps it ignored:
+    the export under test must get the disposition a user's terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_tflite_child(export: subprocess.Popen, timeout_s: float = 900) -> psutil.Process:
@@ -216,15 +222,20 @@ def test_a_failure_while_publishing_puts_the_previous_files_back(tmp_path):
 
 
 def test_ctrl_c_while_publishing_does_not_stop_it_halfway():
-    finished = []
-    with interrupts_ignored():
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.1)
-        finished.append("manifest written")
-    assert finished == ["manifest written"]
-    with pytest.raises(KeyboardInterrupt):  # the usual handler is back
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)
+    # Python's own Ctrl-C handler, as in a terminal, even when the tests run as a background job (Ctrl-C ignored).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        finished = []
+        with interrupts_ignored():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            finished.append("manifest written")
+        assert finished == ["manifest written"]
+        with pytest.raises(KeyboardInterrupt):  # the usual handler is back
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_stale_staging_is_removed_and_a_second_export_is_refused(tmp_path):
