@@ -14,7 +14,7 @@ unless --force. The table is printed and written as JSON and Markdown next to th
 The command is exactly `mobile-export export --model zoo:NAME --target T --out OUT`: mobilenet_v2 with its
 ImageNet weights on the built-in photos, every other model with its weights trained on handwritten digits,
 calibrated on training digits and checked on held-out ones (`exporter/zoo/digits.py`; a weight set neither
-the package nor the cache holds is trained by that export first, one to eight CPU minutes).
+the package nor the cache holds is trained by that export first, one to nine CPU minutes).
 """
 from __future__ import annotations
 

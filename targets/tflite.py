@@ -372,12 +372,8 @@ def _mlir_quantize(tuned: bytes, int8_io: bool) -> bytes:
 def _model_outputs(model_bytes: bytes, samples_nhwc: np.ndarray) -> np.ndarray:
     """The model's (dequantized) first output for every sample, one flattened row each."""
     interpreter = tensor_keeping_interpreter(model_bytes)
-    output = interpreter.get_output_details()[0]
-    rows = []
-    for sample in samples_nhwc:
-        _invoke(interpreter, sample)
-        rows.append(dequantize(interpreter.get_tensor(output["index"]), output).ravel())
-    return np.stack(rows)
+    (outputs,) = _tensor_values(interpreter, [interpreter.get_output_details()[0]["index"]], samples_nhwc)
+    return outputs.reshape(len(samples_nhwc), -1)
 
 
 def _mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -454,7 +450,10 @@ def _float_layer_outputs(float_model: bytes, samples_nhwc: np.ndarray) -> list[n
 def _layer_outputs(model_bytes: bytes, indices: list[int], samples_nhwc: np.ndarray,
                    dtype=np.float32) -> list[np.ndarray]:
     """The (dequantized) outputs of the tensors `indices` for every sample, one array per tensor."""
-    interpreter = tensor_keeping_interpreter(model_bytes)
+    return _tensor_values(tensor_keeping_interpreter(model_bytes), indices, samples_nhwc, dtype)
+
+
+def _tensor_values(interpreter, indices: list[int], samples_nhwc: np.ndarray, dtype=np.float32) -> list[np.ndarray]:
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     collected = [[] for _ in indices]
     for sample in samples_nhwc:

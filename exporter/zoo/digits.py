@@ -8,7 +8,7 @@ MobileNetV1, whose four resolutions of one width share one set of weights, as in
 and checks parity on those digits: the first TRAIN_COUNT train, the remaining 397 are held out and parity is
 measured on them, never on a digit the model or the calibration saw.
 
-Four small sets live in the package (`digits_weights/`); the others are trained on first use (one to eight
+Four small sets live in the package (`digits_weights/`); the others are trained on first use (one to nine
 CPU minutes) and cached, so the repository stays small. `bench/zoo_training.py` trains ahead of time.
 Weights are float16 safetensors (the exporter loads them into the float32 model; the PyTorch reference then
 computes with exactly these values), with a JSON record of how each was trained.
@@ -42,11 +42,11 @@ SEED = 0
 @dataclass(frozen=True)
 class TrainingPlan:
     steps: int
-    input_size: int  # below the zoo's 224 where training there would take far more than two minutes
+    input_size: int  # below the zoo's 224, where training would take several times longer
     learning_rate: float = 2e-3  # peak of the one-cycle schedule
 
 
-# Sized to take one to two minutes of one CPU core each (the measured seconds land in trained.json).
+# Sized to take one to nine minutes of one CPU core each (the measured seconds land in trained.json).
 # One plan per set of weights: the MobileNetV1 resolution variants share their width's weights, trained at
 # 128 (the smallest of the paper's resolutions) and exported at each variant's own resolution.
 _SMALL, _LARGE = TrainingPlan(steps=400, input_size=96), TrainingPlan(steps=300, input_size=96)
@@ -300,7 +300,7 @@ def record_training(record: TrainingRecord, weights_dir: Path) -> None:
 
 
 def ensure_trained(name: str) -> Path:
-    """The weights of zoo:`name`, trained now (one to eight CPU minutes) when neither the package nor the cache
+    """The weights of zoo:`name`, trained now (one to nine CPU minutes) when neither the package nor the cache
     has them."""
     path = trained_weights(name)
     if not path.is_file():
