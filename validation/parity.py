@@ -59,7 +59,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
     if not cosines.mean() >= thresholds.cosine:
         failures.append(f"cosine {cosines.mean():.6f} < {thresholds.cosine}")
     if thresholds.top1_agreement is not None and top1 is not None and top1 < thresholds.top1_agreement:
-        failures.append(f"top-1 agreement {top1:.3f} < {thresholds.top1_agreement}")
+        # The count, because near the gate three decimals round a failure up to it ("0.950 < 0.95").
+        agreeing = round(top1 * samples)
+        failures.append(f"top-1 agreement {top1:.4f} ({agreeing} of {samples} samples) < {thresholds.top1_agreement}")
     return ParityResult(
         samples=samples,
         max_abs=float(difference.max()),
