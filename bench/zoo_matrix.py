@@ -3,6 +3,7 @@
     .venv/bin/python bench/zoo_matrix.py --out /tmp/zoo                     # every zoo model, --target android
     .venv/bin/python bench/zoo_matrix.py --models shufflenet_v2_x1_0 squeezenet1_1 --target all
     .venv/bin/python bench/zoo_matrix.py --out /tmp/zoo --before old/zoo_matrix.json
+    .venv/bin/python bench/zoo_matrix.py --out /tmp/zoo --exported-only --before /tmp/zoo/onnx2tf_by_hand.json
     .venv/bin/python bench/zoo_matrix.py --out /tmp/zoo --exported-only      # the table so far, no exports
 
 Each model is exported by the real command line in a child process, exactly as a user runs it, and its
@@ -159,14 +160,17 @@ def _cells(row: MatrixRow) -> list[str]:
 def _before_cells(row: MatrixRow, before: dict[tuple[str, str], dict]) -> list[str]:
     old = before.get((row.model, row.artifact))
     if old is None:
-        return ["-"] * 4
-    return [f"{old['top1_agreement']:.3f}" if old.get("top1_agreement") is not None else "-",
+        return ["-"] * len(BEFORE_COLUMNS)
+
+    def number(key: str, digits: int) -> str:
+        return "-" if old.get(key) is None else f"{old[key]:.{digits}f}"
+
+    return [number("cosine", 6), number("top1_agreement", 3), number("megabytes", 2),
             "-" if old.get("transposes") is None else str(old["transposes"]),
-            "-" if old.get("pads") is None else str(old["pads"]),
-            f"{old['export_seconds']:.0f}"]
+            "-" if old.get("pads") is None else str(old["pads"]), number("export_seconds", 0)]
 
 
-BEFORE_COLUMNS = ("top-1 before", "TRANSPOSE before", "PAD before", "export s before")
+BEFORE_COLUMNS = ("cosine before", "top-1 before", "MB before", "TRANSPOSE before", "PAD before", "export s before")
 
 
 def text_table(rows: list[MatrixRow], before: dict | None) -> str:
@@ -208,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="export again even where a manifest exists")
     parser.add_argument("--exported-only", action="store_true",
                         help="export nothing: the table of the models OUT already holds a manifest for")
-    parser.add_argument("--before", type=Path, help="an earlier zoo_matrix.json to compare with")
+    parser.add_argument("--before", type=Path, help="an earlier zoo_matrix.json to compare with, or the "
+                        "onnx2tf_by_hand.json of bench/onnx2tf_by_hand.py (int8 as onnx2tf makes it by hand)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per model export")
     args = parser.parse_args(argv)
     out = args.out.resolve()

@@ -8,15 +8,13 @@ timestamp and mode, so the same export always zips to the same bytes.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import InputError
-from exporter.manifest import MANIFEST_NAME, sha256_of
+from exporter.manifest import MANIFEST_NAME, sha256_of, write_atomically
 
 BUNDLE_NAME = "bundle.zip"
 CONTRACT_NAME = "input_contract.json"
@@ -141,19 +139,15 @@ def _inside(model_dir: Path, relative: str) -> Path:
 
 
 def _write_zip_atomically(path: Path, entries: dict[str, bytes]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
+    def write_zip(temporary: Path) -> None:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in sorted(entries):
                 info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
                 info.external_attr = FILE_MODE
                 info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, entries[name])
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    write_atomically(path, write_zip)
 
 
 # ---- integration snippets -------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ ARTIFACT_OP_WIDTH = 24
 @click.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--artifact", "artifact_key", default="int8", show_default=True,
-              help="int8, fp16, fp32 (the TFLite artifact of that precision) or an artifact's file name")
+              help="int8, fp16, fp32 (the TFLite artifact of that precision) or an artifact's file name "
+                   "(.tflite, .ncnn.param, .mlpackage)")
 @click.option("--json", "as_json", is_flag=True, help="print the findings as JSON instead of a table")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="where to write the PNG plot (default MODEL_DIR/<artifact>.explain.png)")

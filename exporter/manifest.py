@@ -7,6 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from targets.base import Artifact
 from validation.parity import ParityResult
@@ -62,13 +63,23 @@ def sha256_of(path: Path) -> str:
 
 
 def write_json_atomically(path: Path, content: dict) -> None:
-    """Write to a temporary file next to `path`, then rename: readers never see half a manifest."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Readers never see half a manifest."""
+    def dump(temporary: Path) -> None:
+        temporary.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+    write_atomically(path, dump)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(temporary)` for a temporary file next to `path`, flushed to disk, then renamed over `path`: a
+    reader, or the next run after a killed one, sees the old file or the whole new one, never half of it.
+    The temporary name starts with "." + the file name, and keeps its suffix (np.save would add one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(content, stream, indent=2, sort_keys=False)
-            stream.write("\n")
-            stream.flush()
+        write(Path(temporary))
+        with open(temporary, "rb") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:

@@ -80,6 +80,13 @@ class Program:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return _Execution(self).run(feeds)
 
+    def all_values(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every tensor the program computes or reads (weights dequantized), by name, as float32: for explain."""
+        execution = _Execution(self)
+        execution.run(feeds)
+        return {name: value.float().numpy() for name, value in execution.values.items()
+                if not isinstance(value, (str, list)) and value.is_floating_point()}
+
 
 def _main_function(mlpackage: Path):
     """The saved model (not loaded into a runtime) and the main function of its ML Program."""

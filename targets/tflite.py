@@ -21,6 +21,7 @@ import numpy as np
 
 from exporter.errors import ConverterError
 from targets._process import run_python_module
+from targets.activation_ranges import clear_winner, describe_choice, shortlist
 from targets.base import VALIDATION_THREADS, Artifact, ConversionJob, run_in_chunks
 from targets.lean_graph import with_lean_graph
 
@@ -48,7 +49,7 @@ class TFLiteTarget:
         )
         child = _child_result(job.workdir)
         int8_recipe = {
-            "activation_ranges": _describe_ranges(child.get("activation_ranges")),
+            "activation_ranges": describe_choice(child.get("activation_ranges")),
             "weights": "per-channel symmetric int8, rounded to minimize each layer's output error (GPTQ)",
             **preparation,
             "bias_correction": "empirical, layer by layer",
@@ -85,18 +86,6 @@ def _child_result(workdir: Path) -> dict:
         return {}
 
 
-def _describe_ranges(choice: dict | None) -> dict:
-    from targets.activation_ranges import METHOD_DESCRIPTIONS, RANGE_METHODS
-
-    if not choice:
-        return {"method": "unknown"}
-    return {**choice, "description": METHOD_DESCRIPTIONS[choice["method"]],
-            "chosen_by": "mean output cosine against the float model after bias correction, on calibration "
-                         "photos bias correction did not measure; a method replaces the earlier one in the order "
-                         f"{', '.join(RANGE_METHODS)} only when it leads by more than {CLEAR_LEAD_STANDARD_ERRORS:g} "
-                         "standard errors of the per-photo difference"}
-
-
 def _repo_root_for_child() -> str:
     import os
 
@@ -127,7 +116,7 @@ def _write_request(job: ConversionJob, int8_onnx: Path) -> Path:
     """Everything the child needs, as files in the private work folder."""
     calibration_nhwc = np.ascontiguousarray(job.calibration.transpose(0, 2, 3, 1), dtype=np.float32)
     np.save(job.workdir / "calibration_nhwc.npy", calibration_nhwc)
-    np.save(job.workdir / ONNX2TF_SAMPLE_FILE, _onnx2tf_sample_images(job))
+    np.save(job.workdir / ONNX2TF_SAMPLE_FILE, onnx2tf_sample_images(job.calibration, job.contract))
     request = {
         "onnx": str(job.onnx.path),
         "int8_onnx": str(int8_onnx),
@@ -139,14 +128,14 @@ def _write_request(job: ConversionJob, int8_onnx: Path) -> Path:
     return path
 
 
-def _onnx2tf_sample_images(job: ConversionJob) -> np.ndarray:
+def onnx2tf_sample_images(calibration_nchw: np.ndarray, contract) -> np.ndarray:
     """20 of the user's photos as 128x128 NHWC in [0, 1], the form onnx2tf expects for its sample file."""
     from exporter.images import resize
 
     count, height, width = ONNX2TF_SAMPLE_SHAPE
-    mean = np.asarray(job.contract.mean, np.float32)[:, None, None]
-    std = np.asarray(job.contract.std, np.float32)[:, None, None]
-    pixels = np.clip((job.calibration[:count] * std + mean) * 255.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    mean = np.asarray(contract.mean, np.float32)[:, None, None]
+    std = np.asarray(contract.std, np.float32)[:, None, None]
+    pixels = np.clip((calibration_nchw[:count] * std + mean) * 255.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)
     photos = [resize(np.ascontiguousarray(p), height, width) for p in pixels]
@@ -318,12 +307,13 @@ def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bo
     with _phase("int8 activation ranges (one quantization per method)"):
         candidates = _quantize_per_range_method(calibrated, calibration_nhwc, int8_io)
         before = {method: _agreement(reference, model, scoring_samples) for method, model in candidates.items()}
-    shortlist = _shortlist(before)
-    with _phase(f"int8 bias correction ({len(shortlist)} of {len(candidates)} range methods)"):
-        finished = {method: correct_biases(candidates[method], calibrated, bias_samples) for method in shortlist}
-        per_sample = {method: _per_sample_cosine(reference, model, scoring_samples) for method, model in finished.items()}
+    shortlisted = shortlist(before)
+    with _phase(f"int8 bias correction ({len(shortlisted)} of {len(candidates)} range methods)"):
+        finished = {method: correct_biases(candidates[method], calibrated, bias_samples) for method in shortlisted}
+        per_sample = {method: _per_sample_cosine(reference, model, scoring_samples)
+                      for method, model in finished.items()}
     after = {method: round(float(cosines.mean()), 6) for method, cosines in per_sample.items()}
-    best = _clear_winner(per_sample)
+    best = clear_winner(per_sample)
     print(f"[mobile-export] int8 activation ranges: {best} (output cosine before bias correction {before}, "
           f"after {after})", flush=True)
     return finished[best], {"method": best, "cosine_before_bias_correction": before,
@@ -331,33 +321,6 @@ def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bo
 
 
 SELECTION_SAMPLES = 32  # calibration photos bias correction measures; as many others judge the range methods
-# Range methods whose error (1 - cosine) before bias correction is within this factor of the best one's are
-# bias-corrected and compared again; the others (min/max, typically twice the error) are not worth the time.
-SHORTLIST_ERROR_RATIO = 1.6
-
-
-# How many standard errors of the per-photo difference a method must lead the preferred one by. On 32 photos,
-# scores 4e-5 apart are noise: on the 0.25-wide MobileNetV1 such a lead swapped mse for percentile ranges and
-# moved validation top-1 agreement from 0.957 to 0.950.
-CLEAR_LEAD_STANDARD_ERRORS = 2.0
-
-
-def _clear_winner(cosines_by_method: dict[str, np.ndarray]) -> str:
-    """The method with the best mean per-photo cosine, if it leads the preferred (first) method by more than
-    noise: a paired comparison over the same photos. Otherwise the preferred method."""
-    preferred = next(iter(cosines_by_method))
-    best = max(cosines_by_method, key=lambda method: cosines_by_method[method].mean())
-    lead = cosines_by_method[best] - cosines_by_method[preferred]
-    noise = lead.std(ddof=1) / np.sqrt(len(lead)) if len(lead) > 1 else np.inf
-    return best if lead.mean() > CLEAR_LEAD_STANDARD_ERRORS * noise else preferred
-
-
-def _shortlist(cosine_by_method: dict[str, float]) -> list[str]:
-    best_error = 1.0 - max(cosine_by_method.values())
-    return [method for method, cosine in cosine_by_method.items()
-            if 1.0 - cosine <= SHORTLIST_ERROR_RATIO * best_error + 1e-9]
-
-
 def _quantize_per_range_method(calibrated: bytes, calibration_nhwc: np.ndarray, int8_io: bool) -> dict[str, bytes]:
     from tensorflow.lite.tools import flatbuffer_utils
 

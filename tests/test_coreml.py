@@ -111,13 +111,32 @@ def test_the_classifier_labels_each_score_with_its_class_name(ios_export):
     assert outputs["classLabel"] == DIGIT_NAMES[int(outputs["classLabel_probs"].argmax())]
 
 
+def scale_first_channel_of_conv(package: Path, position: int, factor: float) -> None:
+    """Multiply the first output channel of the position-th float32 convolution's weights, in weights/weight.bin."""
+    from targets._mil_reference import BLOB_METADATA, load_program
+
+    program = load_program(package)
+    conv = [op for op in program.operations if op.type == "conv"][position]
+    weight_name = conv.inputs["weight"].arguments[0].name
+    const = next(op for op in program.operations if op.type == "const" and op.outputs[0].name == weight_name)
+    blob = const.attributes["val"].blobFileValue
+    weight_file = program.weights_dir / "weight.bin"
+    data = bytearray(weight_file.read_bytes())
+    meta = np.frombuffer(bytes(data[blob.offset : blob.offset + BLOB_METADATA.itemsize]), BLOB_METADATA)[0]
+    out_channels = const.outputs[0].type.tensorType.dimensions[0].constant.size
+    channel_bytes = int(meta["size"]) // out_channels
+    start = int(meta["offset"])
+    channel = np.frombuffer(bytes(data[start : start + channel_bytes]), dtype=np.float32) * factor
+    data[start : start + channel_bytes] = channel.astype(np.float32).tobytes()
+    weight_file.write_bytes(bytes(data))
+
+
 def test_a_corrupted_weight_in_the_saved_package_fails_parity(ios_export, user_package, tmp_path):
     """The evaluator reads the weights from the .mlpackage on disk, so damage there must show in parity."""
     import shutil
 
     import torch
 
-    from targets._mil_reference import BLOB_METADATA, load_program
     from targets.base import Artifact
     from targets.coreml import CoreMLTarget
     from validation.parity import DEFAULT_THRESHOLDS, compare
@@ -134,21 +153,7 @@ def test_a_corrupted_weight_in_the_saved_package_fails_parity(ios_export, user_p
     intact = compare(reference, CoreMLTarget().load(artifact).run(samples), DEFAULT_THRESHOLDS["fp32"])
     assert intact.passed, intact.failures
 
-    # Scale the first output channel of the first convolution's weights by 3, in weights/weight.bin.
-    program = load_program(package)
-    first_conv = next(op for op in program.operations if op.type == "conv")
-    weight_name = first_conv.inputs["weight"].arguments[0].name
-    const = next(op for op in program.operations if op.type == "const" and op.outputs[0].name == weight_name)
-    blob = const.attributes["val"].blobFileValue
-    weight_file = program.weights_dir / "weight.bin"
-    data = bytearray(weight_file.read_bytes())
-    meta = np.frombuffer(bytes(data[blob.offset : blob.offset + BLOB_METADATA.itemsize]), BLOB_METADATA)[0]
-    out_channels = const.outputs[0].type.tensorType.dimensions[0].constant.size
-    channel_bytes = int(meta["size"]) // out_channels
-    start = int(meta["offset"])
-    channel = np.frombuffer(bytes(data[start : start + channel_bytes]), dtype=np.float32) * 3
-    data[start : start + channel_bytes] = channel.astype(np.float32).tobytes()
-    weight_file.write_bytes(bytes(data))
+    scale_first_channel_of_conv(package, 0, factor=3.0)
 
     damaged = compare(reference, CoreMLTarget().load(artifact).run(samples), DEFAULT_THRESHOLDS["fp32"])
     assert not damaged.passed
@@ -312,3 +317,30 @@ def test_ios_and_all_targets_ship_to_their_platforms():
     assert ios.target_names == ("coreml",) and ios.platform_of("coreml") == "ios"
     assert set(every.target_names) == {"tflite", "ncnn", "coreml"}
     assert [every.platform_of(name) for name in ("tflite", "ncnn", "coreml")] == ["android", "android", "ios"]
+
+
+def test_explain_on_a_damaged_core_ml_package_points_at_the_damaged_layer(ios_export, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from exporter.cli import main
+    from tests.test_explain import onnx_weighted_layers
+
+    _, exported = ios_export
+    model_dir = tmp_path / "my_mod"
+    shutil.copytree(exported, model_dir)
+    layers = onnx_weighted_layers(model_dir / "my_mod.onnx")
+    broken = len(layers) // 2  # the digits net is a chain: the k-th ONNX Conv is the program's k-th conv
+    scale_first_channel_of_conv(model_dir / "my_mod_fp32.mlpackage", broken, factor=-4.0)
+
+    result = CliRunner().invoke(main, ["explain", str(model_dir), "--artifact", "my_mod_fp32.mlpackage"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((model_dir / "my_mod_fp32.explain.json").read_text())
+    assert report["runtime"] == "coreml" and report["unmatched"] == []
+    assert report["jump"]["onnx_layer"] == layers[broken]
+    assert report["jump"]["relative_error"] > 3 * report["jump"]["input_relative_error"]
+    weighted = [layer for layer in report["layers"] if layer["onnx_op"].split("+")[0] in ("Conv", "Gemm")]
+    assert len(weighted) == len(layers)  # every weighted layer was paired and compared
+    assert any("reference ML Program evaluator" in note for note in report["notes"])

@@ -160,24 +160,24 @@ def test_inner_tensors_returns_the_samples_for_the_graph_input(tmp_path):
 
 
 def test_range_methods_near_the_best_are_shortlisted_for_bias_correction_and_far_ones_are_not():
-    from targets.tflite import _shortlist
+    from targets.activation_ranges import shortlist
 
     # MobileNetV2's measured scores: min/max has twice the error of the others.
-    assert _shortlist({"mse": 0.994766, "percentile": 0.995415, "minmax": 0.98935}) == ["mse", "percentile"]
-    assert _shortlist({"mse": 0.9999, "percentile": 0.9990, "minmax": 0.9990}) == ["mse"]
-    assert _shortlist({"mse": 1.0, "percentile": 1.0, "minmax": 0.99}) == ["mse", "percentile"]
+    assert shortlist({"mse": 0.994766, "percentile": 0.995415, "minmax": 0.98935}) == ["mse", "percentile"]
+    assert shortlist({"mse": 0.9999, "percentile": 0.9990, "minmax": 0.9990}) == ["mse"]
+    assert shortlist({"mse": 1.0, "percentile": 1.0, "minmax": 0.99}) == ["mse", "percentile"]
 
 
 def test_a_range_method_replaces_the_preferred_one_only_when_it_leads_by_more_than_noise():
-    from targets.tflite import _clear_winner
+    from targets.activation_ranges import clear_winner
 
     photos = np.random.default_rng(0).normal(size=32)
     preferred = 0.999 + 1e-4 * photos
     # Ahead on average by much less than the photo-to-photo spread of the difference: noise.
     noisy_lead = preferred + 3e-5 + 3e-4 * np.random.default_rng(1).normal(size=32)
-    assert _clear_winner({"mse": preferred, "percentile": noisy_lead}) == "mse"
+    assert clear_winner({"mse": preferred, "percentile": noisy_lead}) == "mse"
     # Ahead on nearly every photo: a real lead.
     clear_lead = preferred + 3e-5 + 1e-6 * np.random.default_rng(1).normal(size=32)
-    assert _clear_winner({"mse": preferred, "percentile": clear_lead}) == "percentile"
-    assert _clear_winner({"mse": clear_lead, "percentile": preferred}) == "mse"
-    assert _clear_winner({"minmax": preferred}) == "minmax"
+    assert clear_winner({"mse": preferred, "percentile": clear_lead}) == "percentile"
+    assert clear_winner({"mse": clear_lead, "percentile": preferred}) == "mse"
+    assert clear_winner({"minmax": preferred}) == "minmax"

@@ -84,7 +84,7 @@ def test_before_and_after_columns_come_from_an_earlier_table(tmp_path, capsys):
     table = capsys.readouterr().out.splitlines()
     assert "top-1 before" in table[0] and "TRANSPOSE before" in table[0]
     tflite_line = next(line for line in table if "tflite int8" in line)
-    assert tflite_line.split()[-4:] == ["0.500", "2", "4", "108"]
+    assert tflite_line.split()[-6:] == ["0.995000", "0.500", "2.50", "2", "4", "108"]
 
 
 def test_model_patterns_select_zoo_models_and_unknown_ones_are_refused():
@@ -206,3 +206,22 @@ def test_exported_only_tabulates_finished_exports_and_starts_none(tmp_path, monk
 
     rows = json.loads((tmp_path / "zoo_matrix.json").read_text())["rows"]
     assert exit_code == 0 and {row["model"] for row in rows} == {"squeezenet1_1"}
+
+
+def test_the_onnx2tf_by_hand_table_is_the_before_of_the_int8_rows(tmp_path, capsys, monkeypatch):
+    import onnx2tf_by_hand
+
+    _write_export(tmp_path / "squeezenet1_1", _manifest())
+    by_hand = zoo_matrix.MatrixRow("squeezenet1_1", "digits (trained)", "tflite int8", 0, 0.984, 0.77, False,
+                                   2.9, 41.0, 41.0, 12, 3, "top-1 agreement 0.7700 (77 of 100 samples) < 0.95")
+    monkeypatch.setattr(onnx2tf_by_hand, "by_hand_row", lambda model, weights, model_dir: by_hand)
+    assert onnx2tf_by_hand.main(["--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+
+    zoo_matrix.main(["--models", "squeezenet1_1", "--out", str(tmp_path), "--exported-only",
+                     "--before", str(tmp_path / "onnx2tf_by_hand.json")])
+
+    table = capsys.readouterr().out.splitlines()
+    assert next(line for line in table if "tflite int8" in line).split()[-6:] == [
+        "0.984000", "0.770", "2.90", "12", "3", "41"]
+    assert next(line for line in table if "ncnn fp16" in line).split()[-6:] == ["-"] * 6

@@ -38,7 +38,7 @@ from exporter.errors import InputError
 from exporter.manifest import MANIFEST_NAME
 from validation.explain_graphs import PASS_THROUGH, ArtifactOp, load_artifact_graph
 
-EXPLAINABLE_RUNTIMES = ("tflite", "ncnn")
+EXPLAINABLE_RUNTIMES = ("tflite", "ncnn", "coreml")
 DEFAULT_MAX_SAMPLES = 20
 # The jump rule: the first layer, in graph order, whose increase in relative error over its input is at
 # least this share of the largest increase any layer makes. The earliest big step is where to look; later
@@ -110,11 +110,14 @@ def explain_artifact(model_dir: Path, artifact_key: str, max_samples: int = DEFA
         raise InputError(
             f"{entry['path']} is a {entry['runtime']} artifact; explain reads {', '.join(EXPLAINABLE_RUNTIMES)} "
             "artifacts so far",
-            hint="pass --artifact int8, fp16, fp32 or the file name of a .tflite or .ncnn.param artifact",
+            hint="pass --artifact int8, fp16, fp32 or the file name of a .tflite, .ncnn.param or .mlpackage artifact",
         )
     contract = contract_from_manifest(manifest)
     calibration, validation = _rebuild_samples(manifest["data"], contract, calib, val)
     reference, reference_text, notes = _reference_graph(model_dir, manifest, entry, calibration)
+    if entry["runtime"] == "coreml":
+        notes.append("the Core ML layers are those of the reference ML Program evaluator: the Core ML runtime "
+                     "does not expose inner tensors")
     artifact = load_artifact_graph(model_dir, entry)
     pairs, unmatched = pair_layers(OnnxGraph(reference), artifact)
     batch = contract.input_shape[0]

@@ -1,7 +1,9 @@
-"""The artifact side of `explain`: a TFLite or ncnn model read as a list of ops, and run keeping every tensor.
+"""The artifact side of `explain`: a TFLite, ncnn or Core ML model read as a list of ops, and run keeping every
+tensor.
 
-Both readers describe their ops in TFLite's vocabulary (an ncnn Convolution is a CONV_2D, a BinaryOp add is
-an ADD) so one pairing rule serves both, and both return every tensor in ONNX's NCHW layout.
+The readers describe their ops in TFLite's vocabulary (an ncnn Convolution is a CONV_2D, a BinaryOp add is
+an ADD, an ML Program conv is a CONV_2D) so one pairing rule serves all, and all return every tensor in
+ONNX's NCHW layout.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import numpy as np
 from exporter.errors import ConverterError
 
 WEIGHTED_KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-PASS_THROUGH = ("QUANTIZE", "DEQUANTIZE", "SPLIT")  # the same values, in another number format or copied
+# The same values, in another number format or copied (CAST: an ML Program's float32 <-> float16).
+PASS_THROUGH = ("QUANTIZE", "DEQUANTIZE", "SPLIT", "CAST")
 # TFLite schema tensor types: numpy dtypes of constant buffers.
 TFLITE_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
 
@@ -32,10 +35,15 @@ class ArtifactOp:
 
 
 def load_artifact_graph(model_dir: Path, entry: dict):
-    """The reader for a manifest artifact entry: TFLiteGraph or NcnnGraph."""
+    """The reader for a manifest artifact entry: TFLiteGraph, NcnnGraph or CoreMLGraph."""
     path = model_dir / entry["path"]
     if entry["runtime"] == "tflite":
         return TFLiteGraph(path.read_bytes())
+    if entry["runtime"] == "coreml":
+        from targets.base import Artifact
+        from targets.coreml import preprocessing_of
+
+        return CoreMLGraph(path, preprocessing_of(Artifact(path, "coreml", entry["precision"], details=entry["details"])))
     return NcnnGraph(path, model_dir / entry["files"][1]["path"], entry["precision"])
 
 
@@ -206,3 +214,61 @@ def _ncnn_weight_shape(kind: str, params: dict[str, str]) -> tuple[int, ...] | N
     kernel_w = int(params.get("1", "0"))
     kernel_h = int(params.get("11", kernel_w))
     return (outputs, size // max(outputs * kernel_h * kernel_w, 1), kernel_h, kernel_w)
+
+
+# ---- Core ML --------------------------------------------------------------------------------------------
+
+MIL_KINDS = {
+    "conv": "CONV_2D", "linear": "FULLY_CONNECTED", "relu": "RELU", "relu6": "RELU6", "clip": "RELU6",
+    "add": "ADD", "mul": "MUL", "sub": "SUB", "real_div": "DIV", "concat": "CONCATENATION", "sigmoid": "LOGISTIC",
+    "softmax": "SOFTMAX", "tanh": "TANH", "max_pool": "MAX_POOL_2D", "avg_pool": "AVERAGE_POOL_2D",
+    "reduce_mean": "MEAN", "cast": "CAST", "split": "SPLIT",
+}
+
+
+def _is_constant(op) -> bool:
+    return op.type == "const" or op.type.startswith("constexpr_")  # constexpr_*: quantized weights, expanded
+
+
+class CoreMLGraph:
+    """An ML Program read from its .mlpackage and run by the reference evaluator, which keeps every value.
+
+    The Core ML runtime exposes no inner tensors, so on macOS too the layers are those of the reference
+    evaluator (the same program, executed by the op semantics parity uses on Linux). The program's input
+    is the pixels of the ImageType; `run` turns the contract's tensors back into them."""
+
+    def __init__(self, package: Path, preprocessing):
+        from targets._mil_reference import load_program
+        from targets.coreml import INPUT_NAME
+
+        self._program = load_program(package)
+        self._preprocessing = preprocessing
+        self.input = INPUT_NAME
+        shape = self._program.input_shapes[INPUT_NAME]
+        constants = {out.name for op in self._program.operations if _is_constant(op) for out in op.outputs}
+        # Weights as the program computes them (int8 and palettized ones dequantized by their constexpr op).
+        values = self._program.all_values({INPUT_NAME: np.zeros(shape, np.float32)})
+        self._constants = {name: values[name] for name in constants if name in values}
+        self.ops = tuple(self._describe(index, op, constants) for index, op in enumerate(self._program.operations)
+                         if not _is_constant(op))
+
+    def tensor_name(self, name: str) -> str:
+        return name
+
+    def _describe(self, index: int, op, constants: set[str]) -> ArtifactOp:
+        kind = MIL_KINDS.get(op.type, op.type)
+        bound = [binding.name for argument in op.inputs.values() for binding in argument.arguments
+                 if binding.WhichOneof("binding") == "name"]
+        weight = None
+        if op.type in ("conv", "linear") and "weight" in op.inputs:
+            weight = self._constants.get(op.inputs["weight"].arguments[0].name)
+        if kind == "CONV_2D" and weight is not None and weight.shape[1] == 1 and weight.shape[0] > 1:
+            kind = "DEPTHWISE_CONV_2D"  # one input channel per filter: groups == channels
+        return ArtifactOp(index, f"{op.type} {op.outputs[0].name}", kind,
+                          tuple(name for name in bound if name not in constants),
+                          tuple(out.name for out in op.outputs), None if weight is None else weight.shape,
+                          weight, False)
+
+    def run(self, batch_nchw: np.ndarray, tensors: list[str]) -> dict[str, np.ndarray]:
+        values = self._program.all_values({self.input: self._preprocessing.pixels_from_tensor(batch_nchw)})
+        return {name: values[name] for name in tensors}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from exporter.contract import InputContract
 from exporter.images import center_crop, resize
+from exporter.manifest import write_atomically
 from exporter.zoo import IMAGENET_MEAN, IMAGENET_STD, ZOO
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "digits_weights"
@@ -172,22 +172,9 @@ def write_parity_data(name: str, folder: Path) -> ParityData:
     data = ParityData(folder / f"digits_{size}_calibration.npy", folder / f"digits_{size}_held_out.npy")
     if not (data.calibration.is_file() and data.validation.is_file()):
         photos, _ = digit_photos(size)
-        _write_atomically(data.calibration, lambda path: np.save(path, photos[:CALIBRATION_COUNT]))
-        _write_atomically(data.validation, lambda path: np.save(path, photos[TRAIN_COUNT:]))
+        write_atomically(data.calibration, lambda path: np.save(path, photos[:CALIBRATION_COUNT]))
+        write_atomically(data.validation, lambda path: np.save(path, photos[TRAIN_COUNT:]))
     return data
-
-
-def _write_atomically(path: Path, write) -> None:
-    """`write(temporary_path)`, then rename: an interrupted run never leaves half a file in the cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def weights_dir_for(name: str) -> Path:
@@ -269,7 +256,7 @@ def save_half_precision(model, path: Path) -> int:
         key: (value.half() if value.is_floating_point() else value).contiguous()
         for key, value in model.state_dict().items()
     }
-    _write_atomically(path, lambda temporary: save_file(state, str(temporary)))
+    write_atomically(path, lambda temporary: save_file(state, str(temporary)))
     return path.stat().st_size
 
 
@@ -295,7 +282,7 @@ def read_records(*weights_dirs: Path) -> dict[str, dict]:
 def record_training(record: TrainingRecord, weights_dir: Path) -> None:
     records = read_records(weights_dir)
     records[record.model] = asdict(record)
-    _write_atomically(weights_dir / RECORD_NAME,
+    write_atomically(weights_dir / RECORD_NAME,
                       lambda temporary: temporary.write_text(json.dumps(records, indent=2) + "\n"))
 
 
