@@ -75,8 +75,11 @@ def test_int8_activation_ranges_were_chosen_among_every_method_by_measured_agree
     before, after = ranges["cosine_before_bias_correction"], ranges["cosine_after_bias_correction"]
     assert set(before) == set(RANGE_METHODS)
     assert max(before, key=before.get) in after  # the best before bias correction is always finished
-    assert set(after) <= set(before) and after[ranges["method"]] == max(after.values())
-    assert ranges["scored_on"] > 0 and ranges["description"]
+    assert set(after) <= set(before)
+    # The best-scoring finished method, or the preferred one (the first finished) when the lead was noise.
+    preferred = next(method for method in RANGE_METHODS if method in after)
+    assert ranges["method"] in (max(after, key=after.get), preferred)
+    assert ranges["scored_on"] > 0 and ranges["description"] and "standard errors" in ranges["chosen_by"]
 
 
 def test_manifest_records_the_input_contract_and_tools(android_export):
