@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.zoo_matrix import PAD_OPS, TRANSPOSE_OPS, MatrixRow, plan_runs, select_models  # noqa: E402
+from bench.zoo_matrix import PAD_OPS, TRANSPOSE_OPS, MatrixRow, count_ops, plan_runs, select_models  # noqa: E402
 
 TABLE_NAME = "onnx2tf_by_hand"
 ARTIFACT = "tflite int8"  # the zoo matrix row this one is the "before" of
@@ -41,6 +40,7 @@ ARTIFACT = "tflite int8"  # the zoo matrix row this one is the "before" of
 def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
     from exporter.config import build_spec
     from exporter.datasets import DatasetPlan, build_datasets
+    from exporter.onnx_stage import OnnxRuntimeRunner, describe
     from targets.tflite import LiteRTRunner, describe_tflite
     from validation.parity import DEFAULT_THRESHOLDS, compare
 
@@ -48,11 +48,11 @@ def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
     spec = build_spec({"model": manifest["model"]["source"]})  # the matrix gave no other flag
     datasets = build_datasets(DatasetPlan(spec.calib, spec.val, calibration_samples=spec.calibration_samples),
                               spec.contract)
-    onnx_path = model_dir / f"{manifest['model']['name']}.onnx"
-    reference = _onnx_outputs(onnx_path, datasets.validation)
+    onnx_model = describe(model_dir / f"{manifest['model']['name']}.onnx", spec.contract)
+    reference = OnnxRuntimeRunner(onnx_model).run(datasets.validation)
     with tempfile.TemporaryDirectory(prefix="onnx2tf-by-hand-") as scratch:
         started = time.perf_counter()
-        tflite_path = _onnx2tf_int8(onnx_path, datasets.calibration, spec.contract, Path(scratch))
+        tflite_path = _onnx2tf_int8(onnx_model, datasets.calibration, spec.contract, Path(scratch))
         seconds = time.perf_counter() - started
         candidate = LiteRTRunner(tflite_path).run(datasets.validation)
         ops = describe_tflite(tflite_path)["ops"]
@@ -62,22 +62,13 @@ def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
         model=model, weights=weights_kind, artifact=ARTIFACT, exit_code=0, cosine=parity.cosine,
         top1_agreement=parity.top1_agreement, passed=parity.passed, megabytes=round(megabytes, 3),
         convert_seconds=round(seconds, 1), export_seconds=round(seconds, 1),
-        transposes=sum(ops.get(name, 0) for name in TRANSPOSE_OPS["tflite"]),
-        pads=sum(ops.get(name, 0) for name in PAD_OPS["tflite"]), failures="; ".join(parity.failures),
+        transposes=count_ops(ops, TRANSPOSE_OPS["tflite"]), pads=count_ops(ops, PAD_OPS["tflite"]),
+        failures="; ".join(parity.failures),
     )
 
 
-def _onnx_outputs(onnx_path: Path, samples_nchw: np.ndarray) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: sample[None]})[0] for sample in samples_nchw])
-
-
-def _onnx2tf_int8(onnx_path: Path, calibration_nchw: np.ndarray, contract, scratch: Path) -> Path:
+def _onnx2tf_int8(onnx_model, calibration_nchw: np.ndarray, contract, scratch: Path) -> Path:
     """onnx2tf's -oiqt with the calibration photos given as it asks: NHWC in [0, 1], with the mean and std."""
-    import onnx
     import onnx2tf
 
     from targets.tflite import ONNX2TF_SAMPLE_FILE, onnx2tf_sample_images
@@ -87,27 +78,16 @@ def _onnx2tf_int8(onnx_path: Path, calibration_nchw: np.ndarray, contract, scrat
     photos = (calibration_nchw * std + mean).transpose(0, 2, 3, 1).astype(np.float32)
     np.save(scratch / "calibration.npy", photos)
     np.save(scratch / ONNX2TF_SAMPLE_FILE, onnx2tf_sample_images(calibration_nchw, contract))
-    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
-    with _inside(scratch):
+    with contextlib.chdir(scratch):
         onnx2tf.convert(
-            input_onnx_file_path=str(onnx_path), output_folder_path=str(scratch / "out"),
+            input_onnx_file_path=str(onnx_model.path), output_folder_path=str(scratch / "out"),
             output_integer_quantized_tflite=True, non_verbose=True,
-            custom_input_op_name_np_data_path=[[input_name, str(scratch / "calibration.npy"),
+            custom_input_op_name_np_data_path=[[onnx_model.input_name, str(scratch / "calibration.npy"),
                                                 mean.reshape(1, 1, 1, -1), std.reshape(1, 1, 1, -1)]],
         )
     # *_integer_quant.tflite keeps float input and output; *_full_integer_quant.tflite takes int8.
     (path,) = [p for p in (scratch / "out").glob("*_integer_quant.tflite") if "full_integer" not in p.name]
     return path
-
-
-@contextlib.contextmanager
-def _inside(folder: Path):
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,7 +123,7 @@ def rows_of(run: ExportRun, exit_code: int, seconds: float, manifest: dict | Non
             exit_code=exit_code, cosine=parity["cosine"], top1_agreement=parity["top1_agreement"],
             passed=parity["passed"], megabytes=round(artifact["total_bytes"] / 1e6, 3),
             convert_seconds=_convert_seconds(runtime, stage_seconds), export_seconds=round(seconds, 1),
-            transposes=_count(ops, TRANSPOSE_OPS.get(runtime)), pads=_count(ops, PAD_OPS.get(runtime)),
+            transposes=count_ops(ops, TRANSPOSE_OPS.get(runtime)), pads=count_ops(ops, PAD_OPS.get(runtime)),
             failures="; ".join(parity["failures"]),
         ))
     return rows
@@ -136,7 +136,7 @@ def _convert_seconds(runtime: str, stage_seconds: dict) -> float | None:
     return None if seconds is None else round(seconds, 1)
 
 
-def _count(ops: dict | None, names: tuple[str, ...] | None) -> int | None:
+def count_ops(ops: dict | None, names: tuple[str, ...] | None) -> int | None:
     if ops is None or names is None:
         return None
     return sum(ops.get(name, 0) for name in names)

@@ -43,7 +43,8 @@ def load_artifact_graph(model_dir: Path, entry: dict):
         from targets.base import Artifact
         from targets.coreml import preprocessing_of
 
-        return CoreMLGraph(path, preprocessing_of(Artifact(path, "coreml", entry["precision"], details=entry["details"])))
+        artifact = Artifact(path, "coreml", entry["precision"], details=entry["details"])
+        return CoreMLGraph(path, preprocessing_of(artifact))
     return NcnnGraph(path, model_dir / entry["files"][1]["path"], entry["precision"])
 
 

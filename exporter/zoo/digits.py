@@ -283,7 +283,7 @@ def record_training(record: TrainingRecord, weights_dir: Path) -> None:
     records = read_records(weights_dir)
     records[record.model] = asdict(record)
     write_atomically(weights_dir / RECORD_NAME,
-                      lambda temporary: temporary.write_text(json.dumps(records, indent=2) + "\n"))
+                     lambda temporary: temporary.write_text(json.dumps(records, indent=2) + "\n"))
 
 
 def ensure_trained(name: str) -> Path:
