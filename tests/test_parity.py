@@ -34,6 +34,20 @@ def test_swapped_top_classes_fail_the_int8_top1_gate():
     assert not result.passed and any("top-1 agreement 0.8000 (8 of 10 samples) < 0.95" in f for f in result.failures)
 
 
+def test_each_changed_top1_answer_is_recorded_with_the_references_lead():
+    reference = np.array([[5.0, 4.99, 0.0], [1.0, 3.0, 0.0], [9.0, 0.0, 2.0]], dtype=np.float32)
+    candidate = np.array([[4.9, 5.0, 0.0], [1.0, 3.1, 0.0], [0.0, 0.0, 9.0]], dtype=np.float32)
+    result = compare(reference, candidate, DEFAULT_THRESHOLDS["int8"])
+    near_tie, real_error = result.top1_changes
+    assert (near_tie.sample, near_tie.reference_class, near_tie.artifact_class) == (0, 0, 1)
+    assert abs(near_tie.reference_lead - 0.01) < 1e-5
+    assert (real_error.sample, real_error.reference_class, real_error.artifact_class) == (2, 0, 2)
+    assert abs(real_error.reference_lead - 7.0) < 1e-5
+    recorded = result.to_manifest()["top1_changes"]
+    assert [change["sample"] for change in recorded] == [0, 2] and recorded[1]["reference_lead"] == 7.0
+    assert compare(reference, reference, DEFAULT_THRESHOLDS["int8"]).top1_changes == ()
+
+
 def test_nan_outputs_and_shape_mismatch_fail():
     reference = logits()
     broken = reference.copy()

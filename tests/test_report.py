@@ -125,6 +125,24 @@ def test_report_without_bench_json_says_how_to_get_fps(reported):
         assert (reported / link).is_file()
 
 
+def test_parity_section_names_each_changed_top1_answer_and_the_references_lead(reported, tmp_path):
+    model_dir = tmp_path / "my_mod"
+    shutil.copytree(reported, model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
+    # Test input: a near-tie and a real error, as compare() records them.
+    int8["parity"]["top1_changes"] = [
+        {"sample": 3, "reference_class": 7, "artifact_class": 1, "reference_lead": 0.004},
+        {"sample": 9, "reference_class": 2, "artifact_class": 5, "reference_lead": 1.25},
+    ]
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert report_cli(model_dir).exit_code == 0
+    expected = (f"Top-1 changes in {Path(int8['path']).name}: sample 3 (class 7 -> 1, reference lead 0.004), "
+                "sample 9 (class 2 -> 5, reference lead 1.250).")
+    assert expected in (model_dir / "report.md").read_text()
+    assert expected.replace("->", "-&gt;") in (model_dir / "report.html").read_text()
+
+
 def test_html_loads_nothing_from_the_network(reported):
     page = (reported / "report.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)

@@ -19,6 +19,7 @@ REPORT_HTML, REPORT_MD = "report.html", "report.md"
 PLOTS_FOLDER = "report_plots"  # the Markdown twin links its plots from here
 EXPLAIN_SUFFIX = ".explain.json"
 NO_BENCH = "no FPS measurement yet: run mobile-export bench"
+MAX_LISTED_CHANGES = 8  # top-1 changes named per artifact in the parity section; the manifest has all
 NO_EXPLAIN = ("no per-layer error yet: run mobile-export explain OUT/<model> --artifact int8 to see where an "
               "artifact's error enters")
 
@@ -119,7 +120,22 @@ def _parity_section(manifest: dict) -> Section:
               "top-5 overlap", "max |Δ|", "gate", "verdict")
     return Section("Parity against the reference", (
         "Each artifact ran in its own runtime on the validation photos and was compared with the reference; "
-        "cosine is the mean over samples.",), (Table(header, tuple(rows), "parity"),))
+        "cosine is the mean over samples.", *_top1_change_notes(manifest)), (Table(header, tuple(rows), "parity"),))
+
+
+def _top1_change_notes(manifest: dict) -> list[str]:
+    """Which samples changed their top-1 class, and by how much the reference preferred its own answer: a
+    lead of a few hundredths is a near-tie, a large one a real error."""
+    notes = []
+    for artifact in manifest["artifacts"]:
+        changes = artifact["parity"].get("top1_changes") or []
+        if changes:
+            listed = ", ".join(f"sample {c['sample']} (class {c['reference_class']} -> {c['artifact_class']}, "
+                               f"reference lead {c['reference_lead']:.3f})" for c in changes[:MAX_LISTED_CHANGES])
+            more = f" and {len(changes) - MAX_LISTED_CHANGES} more" if len(changes) > MAX_LISTED_CHANGES else ""
+            notes.append(f"Top-1 changes in {Path(artifact['path']).name}: {listed}{more}.")
+    return notes
+
 
 
 def _fps_section(bench: dict | None) -> Section:

@@ -34,12 +34,25 @@ class ParityResult:
     thresholds: ParityThresholds
     passed: bool
     failures: tuple[str, ...]  # each failed criterion with the measured value, for the user
+    # Every sample whose top-1 class changed, with how far the reference ranked its own answer above the
+    # artifact's. A lead of a few hundredths is a near-tie that any rounding can flip (on the default
+    # MobileNetV2 even fp16 flips one sample); a large lead is a real error.
+    top1_changes: tuple["Top1Change", ...] = ()
 
     def to_manifest(self) -> dict:
         record = asdict(self)
         record["thresholds"] = asdict(self.thresholds)
         record["failures"] = list(self.failures)
+        record["top1_changes"] = [asdict(change) for change in self.top1_changes]
         return record
+
+
+@dataclass(frozen=True)
+class Top1Change:
+    sample: int
+    reference_class: int
+    artifact_class: int
+    reference_lead: float  # reference score of its class minus its score of the artifact's class, >= 0
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThresholds) -> ParityResult:
@@ -73,6 +86,16 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
         thresholds=thresholds,
         passed=not failures,
         failures=tuple(failures),
+        top1_changes=_top1_changes(ref, cand) if top1 is not None else (),
+    )
+
+
+def _top1_changes(ref: np.ndarray, cand: np.ndarray) -> tuple[Top1Change, ...]:
+    reference_class, artifact_class = ref.argmax(axis=1), cand.argmax(axis=1)
+    return tuple(
+        Top1Change(int(sample), int(reference_class[sample]), int(artifact_class[sample]),
+                   float(ref[sample, reference_class[sample]] - ref[sample, artifact_class[sample]]))
+        for sample in np.flatnonzero(reference_class != artifact_class)
     )
 
 

@@ -1,0 +1,106 @@
+"""How much of an int8 artifact's error is left when activations stop being int8: the floor of int8 weights.
+
+    .venv/bin/python bench/int8_floor.py out/mobilenet_v2             # weights-only floor, about a minute
+    .venv/bin/python bench/int8_floor.py out/mobilenet_v2 --int16     # also int16 activations (16x8)
+
+For a model `mobile-export export` wrote (zoo model or default flags), this rebuilds the export's calibration
+and validation samples and its int8-ready ONNX graph (range equalization, then every convolution's weights
+rounded onto TFLite's int8 grid), and measures on the validation samples, with the int8 gate:
+  - weights only: that ONNX graph in ONNX Runtime, so every weight is int8 and every activation float;
+  - with --int16: the same weights with int16 activations, TFLite's 16x8 mode, in LiteRT;
+  - the exported int8 artifact, as its manifest recorded it.
+Every top-1 change is listed with the reference's lead (its score of its own class minus its score of the
+artifact's class): when the weights-only graph already flips the same near-tie samples, no activation
+range, calibration or fallback choice can win them back; int8 weights themselves decide them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def measure(model_dir: Path, with_int16: bool) -> list[tuple[str, dict]]:
+    from exporter.config import build_spec
+    from exporter.datasets import DatasetPlan, build_datasets
+    from exporter.onnx_stage import OnnxRuntimeRunner, describe
+    from targets.tflite import LiteRTRunner
+    from validation.parity import DEFAULT_THRESHOLDS, compare
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    spec = build_spec({"model": manifest["model"]["source"]})  # exports with other flags are not rebuilt here
+    datasets = build_datasets(DatasetPlan(spec.calib, spec.val, calibration_samples=spec.calibration_samples),
+                              spec.contract)
+    onnx_model = describe(model_dir / f"{manifest['model']['name']}.onnx", spec.contract)
+    reference = OnnxRuntimeRunner(onnx_model).run(datasets.validation)
+    gate = DEFAULT_THRESHOLDS["int8"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="int8-floor-") as scratch:
+        job, int8_ready = _int8_ready_graph(onnx_model, spec, datasets.calibration, Path(scratch))
+        weights_only = OnnxRuntimeRunner(describe(int8_ready, spec.contract)).run(datasets.validation)
+        rows.append(("int8 weights, float activations (ONNX Runtime)", compare(reference, weights_only, gate).to_manifest()))
+        if with_int16:
+            int16 = LiteRTRunner(_int16_activations(model_dir, manifest, job, int8_ready)).run(datasets.validation)
+            rows.append(("int8 weights, int16 activations (LiteRT 16x8)", compare(reference, int16, gate).to_manifest()))
+    (artifact,) = [a for a in manifest["artifacts"] if a["runtime"] == "tflite" and a["precision"] == "int8"]
+    rows.append((f"exported {Path(artifact['path']).name} (manifest)", artifact["parity"]))
+    return rows
+
+
+def _int8_ready_graph(onnx_model, spec, calibration, scratch: Path):
+    """The ConversionJob the TFLite target sees, and the int8-ready ONNX it quantizes from."""
+    from targets.base import ConversionJob
+    from targets.lean_graph import with_lean_graph
+    from targets.tflite import _int8_ready_onnx
+
+    job = with_lean_graph(ConversionJob(onnx=onnx_model, contract=spec.contract, calibration=calibration,
+                                        workdir=scratch, log_path=scratch / "log.txt"))
+    path, _ = _int8_ready_onnx(job)
+    return job, path
+
+
+def _int16_activations(model_dir: Path, manifest: dict, job, int8_ready: Path) -> Path:
+    """The export's fp32 .tflite with the int8-ready weights written in, quantized with int16 activations."""
+    import numpy as np
+    import onnx
+    import tensorflow as tf
+    from tensorflow.lite.python.optimize import calibrator
+
+    from targets.tflite_weights import substitute_edited_weights
+
+    (fp32,) = [a for a in manifest["artifacts"] if a["runtime"] == "tflite" and a["precision"] == "fp32"]
+    float_model = substitute_edited_weights((model_dir / fp32["path"]).read_bytes(), onnx.load(str(job.onnx.path)),
+                                            onnx.load(str(int8_ready)))
+    if float_model is None:
+        raise SystemExit("the int8-ready weights are not all found in the exported fp32 .tflite")
+    samples = np.ascontiguousarray(job.calibration.transpose(0, 2, 3, 1), dtype=np.float32)
+    model = calibrator.Calibrator(float_model).calibrate_and_quantize(
+        lambda: ([sample[None]] for sample in samples), tf.float32, tf.float32, False,
+        activations_type=tf.int16, bias_type=tf.int64,
+    )
+    path = job.workdir / "int16_activations.tflite"
+    path.write_bytes(model)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model_dir", type=Path, help="OUT/<model> of a mobile-export export")
+    parser.add_argument("--int16", action="store_true", help="also measure int16 activations (TFLite 16x8)")
+    args = parser.parse_args(argv)
+    for name, parity in measure(args.model_dir, args.int16):
+        top1 = parity.get("top1_agreement")
+        print(f"{name:55s} cosine {parity['cosine']:.6f}  top-1 {'-' if top1 is None else f'{top1:.3f}'}")
+        for change in parity.get("top1_changes", []):
+            print(f"    sample {change['sample']:4d}: class {change['reference_class']} -> {change['artifact_class']}, "
+                  f"reference lead {change['reference_lead']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
