@@ -16,7 +16,6 @@ range, calibration or fallback choice can win them back; int8 weights themselves
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,42 +23,45 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.onnx2tf_by_hand import ExportInputs, rebuild_export_inputs  # noqa: E402
+from exporter.onnx_stage import OnnxRuntimeRunner, describe  # noqa: E402
+
 
 def measure(model_dir: Path, with_int16: bool) -> list[tuple[str, dict]]:
-    from exporter.config import build_spec
-    from exporter.datasets import DatasetPlan, build_datasets
-    from exporter.onnx_stage import OnnxRuntimeRunner, describe
     from targets.tflite import LiteRTRunner
     from validation.parity import DEFAULT_THRESHOLDS, compare
 
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    spec = build_spec({"model": manifest["model"]["source"]})  # exports with other flags are not rebuilt here
-    datasets = build_datasets(DatasetPlan(spec.calib, spec.val, calibration_samples=spec.calibration_samples),
-                              spec.contract)
-    onnx_model = describe(model_dir / f"{manifest['model']['name']}.onnx", spec.contract)
-    reference = OnnxRuntimeRunner(onnx_model).run(datasets.validation)
-    gate = DEFAULT_THRESHOLDS["int8"]
+    export = rebuild_export_inputs(model_dir)
+    validation, gate = export.datasets.validation, DEFAULT_THRESHOLDS["int8"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8-floor-") as scratch:
-        job, int8_ready = _int8_ready_graph(onnx_model, spec, datasets.calibration, Path(scratch))
-        weights_only = OnnxRuntimeRunner(describe(int8_ready, spec.contract)).run(datasets.validation)
-        rows.append(("int8 weights, float activations (ONNX Runtime)", compare(reference, weights_only, gate).to_manifest()))
+        job, int8_ready = _int8_ready_graph(export, Path(scratch))
+        weights_only = OnnxRuntimeRunner(describe(int8_ready, export.spec.contract)).run(validation)
+        rows.append(("int8 weights, float activations (ONNX Runtime)",
+                     compare(export.reference, weights_only, gate).to_manifest()))
         if with_int16:
-            int16 = LiteRTRunner(_int16_activations(model_dir, manifest, job, int8_ready)).run(datasets.validation)
-            rows.append(("int8 weights, int16 activations (LiteRT 16x8)", compare(reference, int16, gate).to_manifest()))
-    (artifact,) = [a for a in manifest["artifacts"] if a["runtime"] == "tflite" and a["precision"] == "int8"]
+            int16 = LiteRTRunner(_int16_activations(model_dir, export.manifest, job, int8_ready)).run(validation)
+            rows.append(("int8 weights, int16 activations (LiteRT 16x8)",
+                         compare(export.reference, int16, gate).to_manifest()))
+    artifact = _tflite_entry(export.manifest, "int8")
     rows.append((f"exported {Path(artifact['path']).name} (manifest)", artifact["parity"]))
     return rows
 
 
-def _int8_ready_graph(onnx_model, spec, calibration, scratch: Path):
+def _tflite_entry(manifest: dict, precision: str) -> dict:
+    (entry,) = [a for a in manifest["artifacts"] if a["runtime"] == "tflite" and a["precision"] == precision]
+    return entry
+
+
+def _int8_ready_graph(export: ExportInputs, scratch: Path):
     """The ConversionJob the TFLite target sees, and the int8-ready ONNX it quantizes from."""
     from targets.base import ConversionJob
     from targets.lean_graph import with_lean_graph
     from targets.tflite import _int8_ready_onnx
 
-    job = with_lean_graph(ConversionJob(onnx=onnx_model, contract=spec.contract, calibration=calibration,
-                                        workdir=scratch, log_path=scratch / "log.txt"))
+    job = with_lean_graph(ConversionJob(onnx=export.onnx_model, contract=export.spec.contract,
+                                        calibration=export.datasets.calibration, workdir=scratch,
+                                        log_path=scratch / "log.txt"))
     path, _ = _int8_ready_onnx(job)
     return job, path
 
@@ -73,7 +75,7 @@ def _int16_activations(model_dir: Path, manifest: dict, job, int8_ready: Path) -
 
     from targets.tflite_weights import substitute_edited_weights
 
-    (fp32,) = [a for a in manifest["artifacts"] if a["runtime"] == "tflite" and a["precision"] == "fp32"]
+    fp32 = _tflite_entry(manifest, "fp32")
     float_model = substitute_edited_weights((model_dir / fp32["path"]).read_bytes(), onnx.load(str(job.onnx.path)),
                                             onnx.load(str(int8_ready)))
     if float_model is None:

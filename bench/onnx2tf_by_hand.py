@@ -23,7 +23,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,27 +37,45 @@ TABLE_NAME = "onnx2tf_by_hand"
 ARTIFACT = "tflite int8"  # the zoo matrix row this one is the "before" of
 
 
-def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
+@dataclass(frozen=True)
+class ExportInputs:
+    """What an export in OUT/<model> measured its artifacts with, rebuilt: its spec, calibration and
+    validation samples, its ONNX model and that model's outputs on the validation samples."""
+    manifest: dict
+    spec: object  # exporter.config.ExportSpec
+    datasets: object  # exporter.datasets.Datasets
+    onnx_model: object  # targets.base.OnnxModel
+    reference: np.ndarray
+
+
+def rebuild_export_inputs(model_dir: Path) -> ExportInputs:
+    """For exports made with `--model` alone (zoo models, default flags), like the zoo matrix's."""
     from exporter.config import build_spec
     from exporter.datasets import DatasetPlan, build_datasets
     from exporter.onnx_stage import OnnxRuntimeRunner, describe
-    from targets.tflite import LiteRTRunner, describe_tflite
-    from validation.parity import DEFAULT_THRESHOLDS, compare
 
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    spec = build_spec({"model": manifest["model"]["source"]})  # the matrix gave no other flag
+    spec = build_spec({"model": manifest["model"]["source"]})
     datasets = build_datasets(DatasetPlan(spec.calib, spec.val, calibration_samples=spec.calibration_samples),
                               spec.contract)
     onnx_model = describe(model_dir / f"{manifest['model']['name']}.onnx", spec.contract)
-    reference = OnnxRuntimeRunner(onnx_model).run(datasets.validation)
+    return ExportInputs(manifest, spec, datasets, onnx_model, OnnxRuntimeRunner(onnx_model).run(datasets.validation))
+
+
+def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
+    from targets.tflite import LiteRTRunner, describe_tflite
+    from validation.parity import DEFAULT_THRESHOLDS, compare
+
+    export = rebuild_export_inputs(model_dir)
     with tempfile.TemporaryDirectory(prefix="onnx2tf-by-hand-") as scratch:
         started = time.perf_counter()
-        tflite_path = _onnx2tf_int8(onnx_model, datasets.calibration, spec.contract, Path(scratch))
+        tflite_path = _onnx2tf_int8(export.onnx_model, export.datasets.calibration, export.spec.contract,
+                                    Path(scratch))
         seconds = time.perf_counter() - started
-        candidate = LiteRTRunner(tflite_path).run(datasets.validation)
+        candidate = LiteRTRunner(tflite_path).run(export.datasets.validation)
         ops = describe_tflite(tflite_path)["ops"]
         megabytes = tflite_path.stat().st_size / 1e6
-    parity = compare(reference, candidate, DEFAULT_THRESHOLDS["int8"])
+    parity = compare(export.reference, candidate, DEFAULT_THRESHOLDS["int8"])
     return MatrixRow(
         model=model, weights=weights_kind, artifact=ARTIFACT, exit_code=0, cosine=parity.cosine,
         top1_agreement=parity.top1_agreement, passed=parity.passed, megabytes=round(megabytes, 3),

@@ -137,7 +137,6 @@ def _top1_change_notes(manifest: dict) -> list[str]:
     return notes
 
 
-
 def _fps_section(bench: dict | None) -> Section:
     from validation.plots import latency_png
 
