@@ -39,6 +39,8 @@ def main() -> None:
 @click.option("--target", type=click.Choice(list(TARGET_GROUPS)), help="what to build (default android)")
 @click.option("--out", help="output folder (default out); artifacts go to OUT/<model>/")
 @click.option("--int8-io", is_flag=True, default=None, help="int8 input/output tensors for int8 artifacts")
+@click.option("--pure-int8", is_flag=True, default=None,
+              help="never keep int8 layers in float to pass the gate (for NPU/DSP delegates that run integer graphs only)")
 @click.option("--coreml-palettize", is_flag=True, default=None, help="also build a 6-bit palettized Core ML package")
 @click.option("--rebuild", is_flag=True, default=None, help="convert again even if nothing changed since the last export")
 @click.option("--timeout", "timeout_s", type=float, help="seconds each converter may take (default 1800)")

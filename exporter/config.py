@@ -36,6 +36,7 @@ class ExportSpec:
     val: str | None = None
     labels: Path | None = None
     int8_io: bool = False
+    pure_int8: bool = False  # no float fallback: every op of the int8 TFLite model stays integer
     coreml_palettize: bool = False  # also build a 6-bit palettized Core ML package
     rebuild: bool = False  # convert every target even when the previous export's artifacts could be reused
     calibration_samples: int = 120
@@ -56,7 +57,7 @@ class ExportSpec:
 
 # Flags and config keys that are plain values; the contract and thresholds are assembled separately.
 SCALAR_KEYS = ("model", "target", "out", "weights", "trust_pickle", "calib", "val", "labels", "int8_io",
-               "coreml_palettize", "rebuild", "calibration_samples", "timeout_s")
+               "pure_int8", "coreml_palettize", "rebuild", "calibration_samples", "timeout_s")
 CONTRACT_KEYS = ("input_shape", "mean", "std", "color", "pixel_scale")
 
 

@@ -155,6 +155,7 @@ def _convert_and_measure(run: ExportRun, target_name: str, onnx_model: OnnxModel
         onnx=onnx_model, contract=spec.contract, calibration=run.datasets.calibration, workdir=workdir,
         log_path=run.log_path(target_name), timeout_s=spec.timeout_s, int8_io=spec.int8_io,
         torch_module=run.loaded.module, labels=run.labels, coreml_palettize=spec.coreml_palettize,
+        int8_fallback_gate=None if spec.pure_int8 else spec.thresholds["int8"],
     )
     tool_versions = target.tool_versions()
     with run.clock.stage(f"convert {target_name}"):

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from exporter.contract import InputContract
+from validation.parity import ParityThresholds
 
 
 # Parity, calibration and explain runs are about numbers, not speed: one thread. Runtimes' worker threads
@@ -41,6 +42,8 @@ class ConversionJob:
     torch_module: object | None = None  # the eval-mode torch.nn.Module, for targets that convert from PyTorch
     labels: tuple[str, ...] | None = None  # class names, one per output index, for targets that embed them
     coreml_palettize: bool = False  # Core ML: also build the 6-bit palettized package
+    # The gate under which the int8 target keeps a few tensors in float (None: every op stays integer).
+    int8_fallback_gate: ParityThresholds | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from targets._process import run_python_module
 from targets.activation_ranges import clear_winner, describe_choice, shortlist
 from targets.base import VALIDATION_THREADS, Artifact, ConversionJob, run_in_chunks
 from targets.lean_graph import with_lean_graph
+from targets.tflite_fallback import FallbackSteps, float_regions, keep_sensitive_tensors_float
+from validation.parity import ParityThresholds, compare, cosine_per_sample
 
 # onnx2tf always loads this file for its own sanity inference on 4-D image inputs, and downloads it from
 # the internet when it is missing from the current folder. We write one from the user's photos instead.
@@ -56,6 +59,7 @@ class TFLiteTarget:
             "io": "int8" if job.int8_io else "float32",
             "calibration_samples": int(len(job.calibration)),
             "float_graph": child.get("int8_float_graph", "unknown"),
+            "float_fallback": _fallback_record(child),
         }
         return [
             self._artifact(job.workdir, precision, {"int8_recipe": int8_recipe} if precision == "int8" else {})
@@ -84,6 +88,12 @@ def _child_result(workdir: Path) -> dict:
         return json.loads((workdir / CHILD_RESULT).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _fallback_record(child: dict):
+    if "float_fallback" not in child:
+        return "unknown"
+    return child["float_fallback"] or "off (--pure-int8): every op stays integer"
 
 
 def _repo_root_for_child() -> str:
@@ -122,6 +132,7 @@ def _write_request(job: ConversionJob, int8_onnx: Path) -> Path:
         "int8_onnx": str(int8_onnx),
         "calibration": str(job.workdir / "calibration_nhwc.npy"),
         "int8_io": job.int8_io,
+        "int8_fallback_gate": None if job.int8_fallback_gate is None else asdict(job.int8_fallback_gate),
     }
     path = job.workdir / "request.json"
     path.write_text(json.dumps(request))
@@ -222,9 +233,11 @@ def _child_main(request_path: Path) -> None:
         (workdir / FILE_FOR_PRECISION[precision]).write_bytes(model_bytes)
     float_model, how = _float_model_for_int8(request, workdir)
     calibration = np.load(request["calibration"])
-    int8_model, ranges = _quantize_int8(float_model, calibration, request["int8_io"])
+    gate = ParityThresholds(**request["int8_fallback_gate"]) if request.get("int8_fallback_gate") else None
+    int8_model, ranges, fallback = _quantize_int8(float_model, calibration, request["int8_io"], gate)
     (workdir / FILE_FOR_PRECISION["int8"]).write_bytes(int8_model)
-    (workdir / CHILD_RESULT).write_text(json.dumps({"int8_float_graph": how, "activation_ranges": ranges}))
+    (workdir / CHILD_RESULT).write_text(json.dumps(
+        {"int8_float_graph": how, "activation_ranges": ranges, "float_fallback": fallback}))
 
 
 def _float_model_for_int8(request: dict, workdir: Path) -> tuple[bytes, str]:
@@ -282,9 +295,11 @@ def _convert_with_onnx2tf(onnx_path: Path, scratch: Path) -> dict[str, bytes]:
     return models
 
 
-def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bool) -> tuple[bytes, dict]:
+def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bool,
+                   gate: ParityThresholds | None) -> tuple[bytes, dict, dict | None]:
     """Full-integer int8: per-channel weights, activation ranges fitted to the user's photos. Returns the
-    model and how its activation ranges were chosen.
+    model, how its activation ranges were chosen, and what the float fallback measured and kept in float
+    (None without a gate).
 
     TensorFlow's own calibration takes each activation's min/max, which a few outlier pixels stretch: on
     torchvision's MobileNetV2 that costs a quarter of the top-1 agreement. We calibrate, quantize once per
@@ -294,6 +309,8 @@ def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bo
     unless its lead over the preferred method is noise (`activation_ranges.clear_winner`).
     The choice is made on the finished models: on MobileNetV2, percentile ranges agreed best before bias
     correction (0.9954 vs mse 0.9948) and worst after it (validation top-1 0.92 vs 0.96).
+    When the chosen model fails the gate on those photos, `targets.tflite_fallback` keeps the few most
+    costly activation tensors in float.
     """
     from tensorflow.lite.python.optimize import calibrator
 
@@ -306,7 +323,8 @@ def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bo
     bias_samples, scoring_samples = calibration_nhwc[::stride], calibration_nhwc[stride // 2 :: stride]
     reference = _model_outputs(calibrated, scoring_samples)
     with _phase("int8 activation ranges (one quantization per method)"):
-        candidates = _quantize_per_range_method(calibrated, calibration_nhwc, int8_io)
+        tuned = _tuned_per_range_method(calibrated, calibration_nhwc)
+        candidates = {method: _mlir_quantize(model, int8_io) for method, model in tuned.items()}
         before = {method: _agreement(reference, model, scoring_samples) for method, model in candidates.items()}
     shortlisted = shortlist(before)
     with _phase(f"int8 bias correction ({len(shortlisted)} of {len(candidates)} range methods)"):
@@ -317,25 +335,49 @@ def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bo
     best = clear_winner(per_sample)
     print(f"[mobile-export] int8 activation ranges: {best} (output cosine before bias correction {before}, "
           f"after {after})", flush=True)
-    return finished[best], {"method": best, "cosine_before_bias_correction": before,
-                            "cosine_after_bias_correction": after, "scored_on": len(scoring_samples)}
+    ranges = {"method": best, "cosine_before_bias_correction": before, "cosine_after_bias_correction": after,
+              "scored_on": len(scoring_samples)}
+    if gate is None:
+        return finished[best], ranges, None
+    steps = FallbackSteps(
+        quantize=lambda float_ops: _mlir_quantize(tuned[best], int8_io, float_ops),
+        finish=lambda model: correct_biases(model, calibrated, bias_samples),
+        check=lambda model: compare(reference, _model_outputs(model, scoring_samples), gate),
+    )
+    with _phase("int8 gate on calibration photos (float fallback if it fails)"):
+        model, fallback = keep_sensitive_tensors_float(finished[best], float_regions(_model_object(tuned[best])),
+                                                       steps, progress=_log)
+    return model, ranges, fallback
+
+
+def _log(message: str) -> None:
+    print(f"[mobile-export] {message}", flush=True)
+
+
+def _model_object(model_bytes: bytes):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
 
 
 SELECTION_SAMPLES = 32  # calibration photos bias correction measures; as many others judge the range methods
-def _quantize_per_range_method(calibrated: bytes, calibration_nhwc: np.ndarray, int8_io: bool) -> dict[str, bytes]:
+
+
+def _tuned_per_range_method(calibrated: bytes, calibration_nhwc: np.ndarray) -> dict[str, bytes]:
+    """The calibrated float model with each range method's activation ranges written in, ready to quantize."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     from targets.activation_ranges import RANGE_METHODS, calibrated_ranges, collect_histograms, with_ranges
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    model = _model_object(calibrated)
     interpreter = tensor_keeping_interpreter(calibrated)
     histograms = collect_histograms(interpreter, calibrated_ranges(model), calibration_nhwc,
                                     skip={interpreter.get_input_details()[0]["index"]})
-    candidates = {}
+    tuned = {}
     for method in RANGE_METHODS:
         with_ranges(model, histograms, method)
-        candidates[method] = _mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)), int8_io)
-    return candidates
+        tuned[method] = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return tuned
 
 
 def _agreement(reference: np.ndarray, model: bytes, samples_nhwc: np.ndarray) -> float:
@@ -343,16 +385,18 @@ def _agreement(reference: np.ndarray, model: bytes, samples_nhwc: np.ndarray) ->
 
 
 def _per_sample_cosine(reference: np.ndarray, model: bytes, samples_nhwc: np.ndarray) -> np.ndarray:
-    return _row_cosines(reference, _model_outputs(model, samples_nhwc))
+    return cosine_per_sample(reference, _model_outputs(model, samples_nhwc))
 
 
-def _mlir_quantize(tuned: bytes, int8_io: bool) -> bytes:
+def _mlir_quantize(tuned: bytes, int8_io: bool, float_ops: tuple[str, ...] = ()) -> bytes:
+    """int8 model of a range-tuned float model; `float_ops` (named by their first output tensor) stay float."""
     import tensorflow as tf
     from tensorflow.lite.python import convert as tflite_convert
 
     io_type = tf.int8 if int8_io else tf.float32
     return tflite_convert.mlir_quantize(
         tuned, disable_per_channel=False, input_data_type=io_type, output_data_type=io_type,
+        denylisted_nodes=list(float_ops) or None,
     )
 
 
@@ -361,11 +405,6 @@ def _model_outputs(model_bytes: bytes, samples_nhwc: np.ndarray) -> np.ndarray:
     interpreter = tensor_keeping_interpreter(model_bytes)
     (outputs,) = _tensor_values(interpreter, [interpreter.get_output_details()[0]["index"]], samples_nhwc)
     return outputs.reshape(len(samples_nhwc), -1)
-
-
-def _row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    return (reference * candidate).sum(axis=1) / np.maximum(norms, 1e-30)
 
 
 # Range fitting and bias correction read float layer outputs, and their last bits depend on how the work is
@@ -387,9 +426,8 @@ def correct_biases(quantized: bytes, float_model: bytes, samples_nhwc: np.ndarra
     The biases are edited in place in the serialized model, which is far cheaper than re-serializing it
     for every layer."""
     from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
 
-    structure = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
+    structure = _model_object(quantized)
     quantized_ops = _weighted_ops(structure)
     float_outputs = _float_layer_outputs(float_model, samples_nhwc)
     if len(float_outputs) != len(quantized_ops):
@@ -427,9 +465,7 @@ def _linear_region(op) -> tuple[float, float]:
 
 def _float_layer_outputs(float_model: bytes, samples_nhwc: np.ndarray) -> list[np.ndarray]:
     """Every weighted layer's float output for every sample (float16 to halve the memory)."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_model))
+    model = _model_object(float_model)
     indices = [op.outputs[0] for op in _weighted_ops(model)]
     return _layer_outputs(float_model, indices, samples_nhwc, np.float16)
 

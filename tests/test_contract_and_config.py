@@ -8,7 +8,7 @@ from exporter.contract import InputContract
 from exporter.errors import InputError
 
 NO_FLAGS = dict.fromkeys(
-    ["model", "target", "out", "weights", "trust_pickle", "calib", "val", "labels", "int8_io", "timeout_s",
+    ["model", "target", "out", "weights", "trust_pickle", "calib", "val", "labels", "int8_io", "pure_int8", "timeout_s",
      "input_shape", "mean", "std", "color", "pixel_scale", "rebuild"]
 )
 
@@ -42,6 +42,14 @@ def test_flags_override_config_and_config_paths_are_relative_to_it(tmp_path: Pat
     assert spec.contract.color == "rgb"  # the flag wins
     assert spec.calib == str(tmp_path / "photos")
     assert spec.thresholds["int8"].top1_agreement == 0.9 and spec.thresholds["int8"].cosine == 0.99
+
+
+def test_pure_int8_comes_from_the_config_or_the_flag(tmp_path: Path):
+    config = tmp_path / "export.toml"
+    config.write_text('model = "zoo:mobilenet_v2"\npure_int8 = true\n')
+    assert build_spec(dict(NO_FLAGS), config).pure_int8
+    assert build_spec({**NO_FLAGS, "model": "zoo:mobilenet_v2", "pure_int8": True}).pure_int8
+    assert not build_spec({**NO_FLAGS, "model": "zoo:mobilenet_v2"}).pure_int8
 
 
 def test_unknown_config_keys_are_refused(tmp_path: Path):

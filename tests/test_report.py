@@ -143,6 +143,27 @@ def test_parity_section_names_each_changed_top1_answer_and_the_references_lead(r
     assert expected.replace("->", "-&gt;") in (model_dir / "report.html").read_text()
 
 
+def test_parity_section_says_which_tensors_an_int8_artifact_keeps_in_float_and_why(reported, tmp_path):
+    model_dir = tmp_path / "my_mod"
+    shutil.copytree(reported, model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
+    assert int8["details"]["int8_recipe"]["float_fallback"]["needed"] is False  # the digits model needs none
+    assert report_cli(model_dir).exit_code == 0
+    assert "in float" not in (model_dir / "report.md").read_text()
+    # Test input: the record the TFLite target writes when the fallback was needed and passed.
+    int8["details"]["int8_recipe"]["float_fallback"] = {
+        "needed": True, "passed": True, "before": {"cosine": 0.974897}, "after": {"cosine": 0.999891},
+        "float_tensors": ["model_1/tf.math.reduce_mean/Mean"], "float_ops": ["model_1/tf.math.reduce_mean/Mean"],
+    }
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert report_cli(model_dir).exit_code == 0
+    expected = (f"{Path(int8['path']).name} keeps 1 activation tensor(s) in float (model_1/tf.math.reduce_mean/Mean): "
+                "int8 alone failed the gate on calibration photos (cosine 0.974897), with them it reached 0.999891.")
+    assert expected in (model_dir / "report.md").read_text()
+    assert expected in (model_dir / "report.html").read_text()
+
+
 def test_html_loads_nothing_from_the_network(reported):
     page = (reported / "report.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)

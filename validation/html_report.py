@@ -120,7 +120,8 @@ def _parity_section(manifest: dict) -> Section:
               "top-5 overlap", "max |Δ|", "gate", "verdict")
     return Section("Parity against the reference", (
         "Each artifact ran in its own runtime on the validation photos and was compared with the reference; "
-        "cosine is the mean over samples.", *_top1_change_notes(manifest)), (Table(header, tuple(rows), "parity"),))
+        "cosine is the mean over samples.", *_top1_change_notes(manifest), *_float_fallback_notes(manifest)),
+        (Table(header, tuple(rows), "parity"),))
 
 
 def _top1_change_notes(manifest: dict) -> list[str]:
@@ -134,6 +135,25 @@ def _top1_change_notes(manifest: dict) -> list[str]:
                                f"reference lead {c['reference_lead']:.3f})" for c in changes[:MAX_LISTED_CHANGES])
             more = f" and {len(changes) - MAX_LISTED_CHANGES} more" if len(changes) > MAX_LISTED_CHANGES else ""
             notes.append(f"Top-1 changes in {Path(artifact['path']).name}: {listed}{more}.")
+    return notes
+
+
+def _float_fallback_notes(manifest: dict) -> list[str]:
+    """Which int8 artifacts keep tensors in float, and what that bought on the calibration photos: an app
+    team sees the DEQUANTIZE ops and the float layers in the graph, and should know why they are there."""
+    notes = []
+    for artifact in manifest["artifacts"]:
+        fallback = artifact.get("details", {}).get("int8_recipe", {}).get("float_fallback")
+        if not isinstance(fallback, dict) or not fallback.get("needed"):
+            continue
+        name, before = Path(artifact["path"]).name, fallback["before"]
+        if fallback.get("passed"):
+            notes.append(f"{name} keeps {len(fallback['float_tensors'])} activation tensor(s) in float "
+                         f"({', '.join(fallback['float_tensors'])}): int8 alone failed the gate on calibration "
+                         f"photos (cosine {before['cosine']:.6f}), with them it reached {fallback['after']['cosine']:.6f}.")
+        else:
+            notes.append(f"{name} failed the gate on calibration photos (cosine {before['cosine']:.6f}) and keeping up "
+                         f"to a few tensors in float did not pass it either: it is plain int8.")
     return notes
 
 

@@ -63,7 +63,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
     ref = reference.reshape(samples, -1).astype(np.float64)
     cand = candidate.reshape(samples, -1).astype(np.float64)
     difference = np.abs(ref - cand)
-    cosines = _cosine_per_sample(ref, cand)
+    cosines = cosine_per_sample(ref, cand)
     top1, top5 = _ranking_agreement(ref, cand) if _is_class_scores(reference) else (None, None)
     finite = bool(np.isfinite(cand).all())
     failures = []
@@ -99,7 +99,7 @@ def _top1_changes(ref: np.ndarray, cand: np.ndarray) -> tuple[Top1Change, ...]:
     )
 
 
-def _cosine_per_sample(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+def cosine_per_sample(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     dots = (ref * cand).sum(axis=1)
     # Two all-zero outputs are identical; one zero and one not share nothing.
