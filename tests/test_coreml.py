@@ -111,6 +111,22 @@ def test_the_classifier_labels_each_score_with_its_class_name(ios_export):
     assert outputs["classLabel"] == DIGIT_NAMES[int(outputs["classLabel_probs"].argmax())]
 
 
+@pytest.mark.parametrize("precision", ["int8", "palette6"])
+def test_weights_are_read_without_running_the_program_and_match_a_full_run(ios_export, precision):
+    from targets._mil_reference import is_constant, load_program
+
+    _, model_dir = ios_export
+    program = load_program(model_dir / f"my_mod_{precision}.mlpackage")
+    weights = program.weights()
+    (shape,) = program.input_shapes.values()
+    everything = program.all_values({program.input_names[0]: np.zeros(shape, np.float32)})
+    constants = {out.name for op in program.operations if is_constant(op) for out in op.outputs}
+    assert set(weights) == {name for name in constants if name in everything}
+    assert any(op.type.startswith("constexpr_") for op in program.operations)  # dequantized weights included
+    for name, value in weights.items():
+        np.testing.assert_array_equal(value, everything[name])
+
+
 def scale_first_channel_of_conv(package: Path, position: int, factor: float) -> None:
     """Multiply the first output channel of the position-th float32 convolution's weights, in weights/weight.bin."""
     from targets._mil_reference import BLOB_METADATA, load_program

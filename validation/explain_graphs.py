@@ -227,10 +227,6 @@ MIL_KINDS = {
 }
 
 
-def _is_constant(op) -> bool:
-    return op.type == "const" or op.type.startswith("constexpr_")  # constexpr_*: quantized weights, expanded
-
-
 class CoreMLGraph:
     """An ML Program read from its .mlpackage and run by the reference evaluator, which keeps every value.
 
@@ -239,19 +235,17 @@ class CoreMLGraph:
     is the pixels of the ImageType; `run` turns the contract's tensors back into them."""
 
     def __init__(self, package: Path, preprocessing):
-        from targets._mil_reference import load_program
+        from targets._mil_reference import is_constant, load_program
         from targets.coreml import INPUT_NAME
 
         self._program = load_program(package)
         self._preprocessing = preprocessing
         self.input = INPUT_NAME
-        shape = self._program.input_shapes[INPUT_NAME]
-        constants = {out.name for op in self._program.operations if _is_constant(op) for out in op.outputs}
         # Weights as the program computes them (int8 and palettized ones dequantized by their constexpr op).
-        values = self._program.all_values({INPUT_NAME: np.zeros(shape, np.float32)})
-        self._constants = {name: values[name] for name in constants if name in values}
+        self._constants = self._program.weights()
+        constants = {out.name for op in self._program.operations if is_constant(op) for out in op.outputs}
         self.ops = tuple(self._describe(index, op, constants) for index, op in enumerate(self._program.operations)
-                         if not _is_constant(op))
+                         if not is_constant(op))
 
     def tensor_name(self, name: str) -> str:
         return name
