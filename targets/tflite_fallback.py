@@ -76,12 +76,14 @@ def keep_sensitive_tensors_float(finished: bytes, regions: list[FloatRegion], st
              f"{len(regions)} activation tensors by what keeping each in float gains")
     ranked = rank_regions(regions, steps)
     record["ranked"] = [{"tensor": r.region.tensor, "gain": round(r.gain, 6)} for r in ranked[:2 * MAX_FLOAT_TENSORS]]
+    record["attempts"] = []
     for count in range(1, min(MAX_FLOAT_TENSORS, len(ranked)) + 1):
         chosen = [r.region for r in ranked[:count]]
         ops = tuple(dict.fromkeys(op for region in chosen for op in region.ops))
         model = steps.finish(steps.quantize(ops))
         after = steps.check(model)
         progress(f"{count} tensor(s) in float ({len(ops)} ops): {_summary(after)}")
+        record["attempts"].append({"float_tensors": count, **_scores(after)})
         if after.passed:
             record.update(passed=True, float_tensors=[r.tensor for r in chosen], float_ops=list(ops),
                           after=_scores(after))
