@@ -254,7 +254,7 @@ def _float_model_for_int8(request: dict, workdir: Path) -> tuple[bytes, str]:
         substituted = substitute_edited_weights(fp32_model, onnx.load(request["onnx"]), onnx.load(request["int8_onnx"]))
     if substituted is not None:
         return substituted, "the fp32 graph with the int8-ready weights written into it"
-    print("[mobile-export] some edited weights are not found in the fp32 graph: converting the edited ONNX", flush=True)
+    _log("some edited weights are not found in the fp32 graph: converting the edited ONNX")
     with _phase("onnx2tf (int8 source)"):
         float_models = _convert_with_onnx2tf(Path(request["int8_onnx"]), workdir / "onnx2tf_int8")
     return float_models["fp32"], "onnx2tf on the int8-ready ONNX"
@@ -266,7 +266,7 @@ def _phase(name: str):
     started, cpu_started = time.perf_counter(), time.process_time()
     yield
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    print(f"[mobile-export] {name}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    _log(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU")
 
 
 def _convert_with_onnx2tf(onnx_path: Path, scratch: Path) -> dict[str, bytes]:
@@ -333,8 +333,7 @@ def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bo
                       for method, model in finished.items()}
     after = {method: round(float(cosines.mean()), 6) for method, cosines in per_sample.items()}
     best = clear_winner(per_sample)
-    print(f"[mobile-export] int8 activation ranges: {best} (output cosine before bias correction {before}, "
-          f"after {after})", flush=True)
+    _log(f"int8 activation ranges: {best} (output cosine before bias correction {before}, after {after})")
     ranges = {"method": best, "cosine_before_bias_correction": before, "cosine_after_bias_correction": after,
               "scored_on": len(scoring_samples)}
     if gate is None:
@@ -345,8 +344,8 @@ def _quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bo
         check=lambda model: compare(reference, _model_outputs(model, scoring_samples), gate),
     )
     with _phase("int8 gate on calibration photos (float fallback if it fails)"):
-        model, fallback = keep_sensitive_tensors_float(finished[best], float_regions(_model_object(tuned[best])),
-                                                       steps, progress=_log)
+        model, fallback = keep_sensitive_tensors_float(finished[best], candidates[best],
+                                                       float_regions(_model_object(tuned[best])), steps, progress=_log)
     return model, ranges, fallback
 
 

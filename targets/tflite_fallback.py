@@ -63,18 +63,19 @@ def float_regions(model) -> list[FloatRegion]:
     return regions
 
 
-def keep_sensitive_tensors_float(finished: bytes, regions: list[FloatRegion], steps: FallbackSteps,
+def keep_sensitive_tensors_float(finished: bytes, unfinished: bytes, regions: list[FloatRegion], steps: FallbackSteps,
                                  progress: Callable[[str], None] = print) -> tuple[bytes, dict]:
     """`finished` when it passes the gate; else the int8 model with the fewest top-ranked tensors in float
-    that passes; else `finished` (a fallback that does not pass is not worth its cost). Returns the model
-    and a record of what was measured and chosen, for the manifest."""
+    that passes; else `finished` (a fallback that does not pass is not worth its cost). `unfinished` is
+    `finished` before bias correction, the baseline the tensors are ranked against. Returns the model and
+    a record of what was measured and chosen, for the manifest."""
     before = steps.check(finished)
     record = {"needed": not before.passed, "before": _scores(before)}
     if before.passed:
         return finished, record
     progress(f"int8 fails the gate on calibration photos ({'; '.join(before.failures)}): ranking "
              f"{len(regions)} activation tensors by what keeping each in float gains")
-    ranked = rank_regions(regions, steps)
+    ranked = rank_regions(regions, steps, unfinished)
     record["ranked"] = [{"tensor": r.region.tensor, "gain": round(r.gain, 6)} for r in ranked[:2 * MAX_FLOAT_TENSORS]]
     record["attempts"] = []
     for count in range(1, min(MAX_FLOAT_TENSORS, len(ranked)) + 1):
@@ -92,9 +93,10 @@ def keep_sensitive_tensors_float(finished: bytes, regions: list[FloatRegion], st
     return finished, record
 
 
-def rank_regions(regions: list[FloatRegion], steps: FallbackSteps) -> list[RankedRegion]:
-    """The regions whose float tensor raises the output cosine, most first."""
-    baseline = steps.check(steps.quantize(())).cosine
+def rank_regions(regions: list[FloatRegion], steps: FallbackSteps, unfinished: bytes) -> list[RankedRegion]:
+    """The regions whose float tensor raises the output cosine of `unfinished` (no bias correction, like
+    each candidate), most first."""
+    baseline = steps.check(unfinished).cosine
     ranked = [RankedRegion(region, steps.check(steps.quantize(region.ops)).cosine - baseline) for region in regions]
     return sorted((r for r in ranked if r.gain > 0), key=lambda r: -r.gain)
 

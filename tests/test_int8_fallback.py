@@ -132,7 +132,7 @@ def test_a_model_that_passes_is_returned_as_it_is_and_nothing_is_ranked():
     checked = []
     steps = scripted_steps(lambda ops: checked.append(ops) or 0.995)
 
-    model, record = keep_sensitive_tensors_float((), REGIONS, steps, progress=lambda _: None)
+    model, record = keep_sensitive_tensors_float((), (), REGIONS, steps, progress=lambda _: None)
 
     assert model == () and record == {"needed": False, "before": record["before"]}
     assert checked == [()]
@@ -142,7 +142,7 @@ def test_the_fewest_best_ranked_tensors_that_pass_are_kept_float_with_every_op_t
     gains = {"conv_a": 0.004, "conv_b": 0.001, "conv_c": 0.0}
     steps = scripted_steps(lambda ops: 0.985 + sum(gains.get(op, 0.0) for op in ops))
 
-    model, record = keep_sensitive_tensors_float((), REGIONS, steps, progress=lambda _: None)
+    model, record = keep_sensitive_tensors_float((), (), REGIONS, steps, progress=lambda _: None)
 
     assert record["needed"] and record["passed"]
     assert record["float_tensors"] == ["a", "b"] and model == ("conv_a", "pool", "conv_b", "add")
@@ -152,7 +152,7 @@ def test_the_fewest_best_ranked_tensors_that_pass_are_kept_float_with_every_op_t
 def test_when_no_fallback_passes_the_plain_int8_model_is_kept_and_the_attempt_recorded():
     steps = scripted_steps(lambda ops: 0.95 + 0.001 * len(ops))
 
-    model, record = keep_sensitive_tensors_float("plain", REGIONS, steps, progress=lambda _: None)
+    model, record = keep_sensitive_tensors_float("plain", (), REGIONS, steps, progress=lambda _: None)
 
     assert model == "plain"
     assert record["needed"] and not record["passed"] and record["float_tensors"] == []

@@ -140,7 +140,7 @@ def _top1_change_notes(manifest: dict) -> list[str]:
 
 def _float_fallback_notes(manifest: dict) -> list[str]:
     """Which int8 artifacts keep tensors in float, and what that bought on the calibration photos: an app
-    team sees the DEQUANTIZE ops and the float layers in the graph, and should know why they are there."""
+    team sees float layers in an int8 graph, and should know why they are there."""
     notes = []
     for artifact in manifest["artifacts"]:
         fallback = artifact.get("details", {}).get("int8_recipe", {}).get("float_fallback")
