@@ -62,6 +62,12 @@ def ten_crop_tensors(photos: list[Photo], contract: InputContract) -> np.ndarray
     return np.stack([contract.preprocess(view) for view in views])
 
 
+def validation_tensors(source: str, contract: InputContract) -> np.ndarray:
+    """The samples of a --val source on its own: a .npy as it is, or the ten crops of each photo in a folder."""
+    array = _load_npy_if_given(source, contract)
+    return array if array is not None else ten_crop_tensors(load_photos(source), contract)
+
+
 def _split_tensors(tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(tensors) < 2:
         raise InputError(

@@ -21,7 +21,8 @@ ARTIFACT_OP_WIDTH = 24
               help="where to write the PNG plot (default MODEL_DIR/<artifact>.explain.png)")
 @click.option("--samples", default=20, show_default=True, help="how many validation samples to run")
 @click.option("--calib", help="the export's --calib photos, when they moved since the export")
-@click.option("--val", help="the export's --val photos, when they moved since the export")
+@click.option("--val", help="photos (folder or .npy) to compare on instead of the export's validation photos; "
+                            "calibration stays the export's")
 @click.option("--debug", is_flag=True, help="show Python tracebacks")
 def explain(model_dir: Path, artifact_key: str, as_json: bool, plot_path: Path | None, samples: int,
             calib: str | None, val: str | None, debug: bool) -> None:

@@ -139,3 +139,18 @@ def test_the_jump_is_the_first_layer_with_at_least_half_the_largest_increase():
     layers = (layer(0, 0.01, 0.0), layer(1, 0.31, 0.01), layer(2, 0.3, 0.31), layer(3, 0.7, 0.3))
     assert jump_depth(layers) == 1
     assert jump_depth((layer(0, 0.0, 0.0), layer(1, 2e-4, 1e-4))) is None  # float rounding marks nothing
+
+
+def test_photos_given_with_val_are_compared_on_but_never_calibrated_with(digit_photo_folder):
+    """An export that held out part of its --calib photos: explain --val compares on other photos, and the
+    calibration (which sets the equalization its reference re-applies) stays the export's own."""
+    from exporter.contract import InputContract
+    from validation.explain import _rebuild_samples
+
+    contract = InputContract((1, 3, 32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    data = {"calibration_source": str(digit_photo_folder), "validation_source": "held-out part of the calibration set"}
+    calibration, validation = _rebuild_samples(data, contract, None, None)
+    other_calibration, other_validation = _rebuild_samples(data, contract, None, str(digit_photo_folder))
+    assert np.array_equal(other_calibration, calibration)
+    photo_count = len([p for p in digit_photo_folder.rglob("*") if p.is_file()])
+    assert len(other_validation) == 10 * photo_count != len(validation)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.contract import InputContract
-from exporter.datasets import DatasetPlan, build_datasets
+from exporter.datasets import DatasetPlan, build_datasets, validation_tensors
 from exporter.errors import InputError
 from exporter.manifest import MANIFEST_NAME
 from validation.explain_graphs import PASS_THROUGH, ArtifactOp, load_artifact_graph
@@ -180,18 +180,23 @@ def contract_from_manifest(manifest: dict) -> InputContract:
 
 
 def _rebuild_samples(data: dict, contract: InputContract, calib: str | None, val: str | None):
-    """The export's calibration and validation tensors, rebuilt from the sources the manifest names."""
+    """The export's calibration tensors, rebuilt from the sources the manifest names, and the samples to compare
+    on: the export's validation tensors, or those of `val`."""
     calibration_source = calib or data["calibration_source"]
     held_out = data["validation_source"] == "held-out part of the calibration set"
-    validation_source = val or (None if held_out else data["validation_source"])
-    for source in (calibration_source, validation_source):
+    export_validation = None if held_out else (val or data["validation_source"])
+    for source in (calibration_source, export_validation, val):
         if source not in (None, "builtin") and not Path(source).exists():
             raise InputError(
-                f"the export's photos {source} are not there any more (relative paths are taken from the folder "
-                "the export ran in)",
+                f"the photos {source} are not there (relative paths are taken from the folder explain runs in, "
+                "and the export's from the folder it ran in)",
                 hint="run explain from that folder, or pass --calib (and --val) with the same photos",
             )
-    datasets = build_datasets(DatasetPlan(calibration_source, validation_source), contract)
+    datasets = build_datasets(DatasetPlan(calibration_source, export_validation), contract)
+    if held_out and val:
+        # Photos given with --val are compared on, never calibrated with: the reference re-applies the
+        # export's range equalization, whose scales come from the export's own calibration photos.
+        return datasets.calibration, validation_tensors(val, contract)
     return datasets.calibration, datasets.validation
 
 
