@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.onnx2tf_by_hand import rebuild_export_inputs  # noqa: E402
+from validation.parity import wilson_interval  # noqa: E402
 
 CROPS_PER_PHOTO = 10  # the ten-crop views of exporter.datasets.ten_crop_tensors
-WILSON_Z = 1.96  # 95 %
 
 
 @dataclass(frozen=True)
@@ -129,16 +128,6 @@ def _row(artifact: str, photo_set: str, reference: np.ndarray, candidate: np.nda
         reference_correct=None if labels is None else int((reference_top1 == labels).sum()),
         artifact_correct=None if labels is None else int((candidate_top1 == labels).sum()),
     )
-
-
-def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """The score interval of a binomial proportion; unlike p ± z·se it stays inside [0, 1] near 1."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 COLUMNS = ("artifact", "photos", "crops", "cosine", "top-1 agreement", "95 % interval",

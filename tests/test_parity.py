@@ -61,3 +61,21 @@ def test_feature_maps_have_no_ranking_metrics():
     reference = np.random.default_rng(2).normal(size=(3, 8, 4, 4))
     result = compare(reference, reference, DEFAULT_THRESHOLDS["fp32"])
     assert result.passed and result.top1_agreement is None
+
+
+def test_top1_agreement_carries_its_95_percent_interval():
+    reference = np.eye(50, 10, dtype=np.float32) + np.arange(10, dtype=np.float32) * 0.01
+    candidate = reference.copy()
+    candidate[:2] = candidate[:2, ::-1]  # two samples change their top-1 class
+    result = compare(reference, candidate, DEFAULT_THRESHOLDS["int8"])
+    assert result.top1_agreement == 0.96
+    assert tuple(round(bound, 3) for bound in result.top1_interval) == (0.865, 0.989)
+    assert compare(reference, reference, DEFAULT_THRESHOLDS["int8"]).top1_interval[1] == 1.0
+
+
+def test_wilson_interval_stays_inside_0_1_and_is_total_ignorance_without_samples():
+    from validation.parity import wilson_interval
+
+    assert wilson_interval(50, 50)[1] == 1.0
+    assert wilson_interval(0, 50)[0] == 0.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -143,6 +143,14 @@ def test_parity_section_names_each_changed_top1_answer_and_the_references_lead(r
     assert expected.replace("->", "-&gt;") in (model_dir / "report.html").read_text()
 
 
+def test_parity_table_gives_top1_agreement_with_its_95_percent_interval(reported):
+    manifest = json.loads((reported / "manifest.json").read_text())
+    (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
+    low, high = int8["parity"]["top1_interval"]
+    assert low <= int8["parity"]["top1_agreement"] <= high
+    assert f"{int8['parity']['top1_agreement']:.3f} ({low:.3f}-{high:.3f})" in (reported / "report.md").read_text()
+
+
 def test_parity_section_says_which_tensors_an_int8_artifact_keeps_in_float_and_why(reported, tmp_path):
     model_dir = tmp_path / "my_mod"
     shutil.copytree(reported, model_dir)

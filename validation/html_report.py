@@ -112,16 +112,26 @@ def _parity_section(manifest: dict) -> Section:
         rows.append((
             Path(artifact["path"]).name, artifact["runtime"], artifact["precision"], artifact["target"],
             f"{artifact.get('total_bytes', artifact['bytes']) / 1e6:.2f} MB", f"{parity['cosine']:.6f}",
-            f"{parity['cosine_min']:.6f}", _number(parity.get("top1_agreement"), 3),
+            f"{parity['cosine_min']:.6f}", _top1_text(parity),
             _number(parity.get("top5_overlap"), 3), f"{parity['max_abs']:.2e}", _gate_text(parity["thresholds"]),
             "pass" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"]),
         ))
-    header = ("artifact", "runtime", "precision", "platform", "size", "cosine", "min cosine", "top-1 agreement",
+    header = ("artifact", "runtime", "precision", "platform", "size", "cosine", "min cosine",
+              "top-1 agreement (95 % interval)",
               "top-5 overlap", "max |Δ|", "gate", "verdict")
     return Section("Parity against the reference", (
         "Each artifact ran in its own runtime on the validation photos and was compared with the reference; "
         "cosine is the mean over samples.", *_top1_change_notes(manifest), *_float_fallback_notes(manifest)),
         (Table(header, tuple(rows), "parity"),))
+
+
+def _top1_text(parity: dict) -> str:
+    """0.960 (0.865-0.989): a top-1 agreement measured on tens of samples is an estimate, and its interval
+    says how far the next photos may take it."""
+    top1, interval = parity.get("top1_agreement"), parity.get("top1_interval")
+    if top1 is None or interval is None:
+        return _number(top1, 3)
+    return f"{top1:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
 
 
 def _top1_change_notes(manifest: dict) -> list[str]:
