@@ -99,14 +99,38 @@ def test_int8_that_fails_its_gate_keeps_the_offset_tensors_in_float_and_passes(o
     assert "tensor(s) in float" in job.log_path.read_text()  # the search shows its steps in the converter log
 
 
-def test_pure_int8_keeps_every_op_integer_and_lets_the_gate_fail(offset_channel_onnx, tmp_path):
-    path, calibration, held_out, reference = offset_channel_onnx
+@pytest.fixture(scope="module")
+def pure_int8(offset_channel_onnx, tmp_path_factory):
+    path, calibration, _, _ = offset_channel_onnx
+    int8, _ = converted_int8(path, calibration, tmp_path_factory.mktemp("pure_int8"), fallback_gate=None)
+    return int8
 
-    int8, _ = converted_int8(path, calibration, tmp_path, fallback_gate=None)
+
+def test_pure_int8_keeps_every_op_integer_and_lets_the_gate_fail(offset_channel_onnx, pure_int8):
+    _, _, held_out, reference = offset_channel_onnx
+    int8 = pure_int8
 
     assert int8.details["int8_recipe"]["float_fallback"].startswith("off")
     assert float_layers(int8.path) == set()
     assert not compare(reference, LiteRTRunner(int8.path).run(held_out), DEFAULT_THRESHOLDS["int8"]).passed
+
+
+def test_each_layers_graph_prefix_computes_exactly_what_the_whole_model_does(offset_channel_onnx, pure_int8):
+    """Bias correction measures each layer on the model cut after it: the cut must change no value."""
+    from targets.tflite import _graph_prefix, _layer_outputs, _model_object, _weighted_ops
+
+    samples = np.ascontiguousarray(offset_channel_onnx[2][:4].transpose(0, 2, 3, 1))
+    model_bytes = pure_int8.path.read_bytes()
+    operators = _model_object(model_bytes).subgraphs[0].operators
+    weighted = _weighted_ops(_model_object(model_bytes))
+    whole = _layer_outputs(model_bytes, [op.outputs[0] for op in weighted], samples)
+    assert len(weighted) == 4
+    for op, expected in zip(weighted, whole):
+        position = next(i for i, candidate in enumerate(operators) if candidate.outputs == op.outputs)
+        prefix = _graph_prefix(model_bytes, position)
+        assert len(_model_object(prefix).subgraphs[0].operators) == position + 1
+        (measured,) = _layer_outputs(prefix, [op.outputs[0]], samples)
+        assert np.array_equal(measured, expected)
 
 
 class FakeResult:
