@@ -68,7 +68,11 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
     cand = candidate.reshape(samples, -1).astype(np.float64)
     difference = np.abs(ref - cand)
     cosines = cosine_per_sample(ref, cand)
-    top1, top5 = _ranking_agreement(ref, cand) if _is_class_scores(reference) else (None, None)
+    class_scores = _is_class_scores(reference)
+    changes = _top1_changes(ref, cand) if class_scores else ()
+    agreeing = samples - len(changes)
+    top1 = agreeing / samples if class_scores else None
+    top5 = _top5_overlap(ref, cand) if class_scores else None
     finite = bool(np.isfinite(cand).all())
     failures = []
     if not finite:
@@ -77,7 +81,6 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
         failures.append(f"cosine {cosines.mean():.6f} < {thresholds.cosine}")
     if thresholds.top1_agreement is not None and top1 is not None and top1 < thresholds.top1_agreement:
         # The count, because near the gate three decimals round a failure up to it ("0.950 < 0.95").
-        agreeing = round(top1 * samples)
         failures.append(f"top-1 agreement {top1:.4f} ({agreeing} of {samples} samples) < {thresholds.top1_agreement}")
     return ParityResult(
         samples=samples,
@@ -90,8 +93,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
         thresholds=thresholds,
         passed=not failures,
         failures=tuple(failures),
-        top1_changes=_top1_changes(ref, cand) if top1 is not None else (),
-        top1_interval=None if top1 is None else wilson_interval(round(top1 * samples), samples),
+        top1_changes=changes,
+        top1_interval=wilson_interval(agreeing, samples) if class_scores else None,
     )
 
 
@@ -131,13 +134,12 @@ def _is_class_scores(output: np.ndarray) -> bool:
     return output.ndim == 2 and output.shape[1] >= 2
 
 
-def _ranking_agreement(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
-    top1 = float((ref.argmax(axis=1) == cand.argmax(axis=1)).mean())
+def _top5_overlap(ref: np.ndarray, cand: np.ndarray) -> float:
     k = min(5, ref.shape[1])
     ref_top = np.argsort(-ref, axis=1)[:, :k]
     cand_top = np.argsort(-cand, axis=1)[:, :k]
     overlap = [len(set(r) & set(c)) / k for r, c in zip(ref_top, cand_top)]
-    return top1, float(np.mean(overlap))
+    return float(np.mean(overlap))
 
 
 def _shape_mismatch(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThresholds) -> ParityResult:
