@@ -79,3 +79,28 @@ def test_wilson_interval_stays_inside_0_1_and_is_total_ignorance_without_samples
     assert wilson_interval(50, 50)[1] == 1.0
     assert wilson_interval(0, 50)[0] == 0.0
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_export_summary_gives_the_interval_of_the_lowest_top1_agreement(tmp_path, monkeypatch):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from targets.base import Artifact
+    from validation.report import summary_lines
+
+    monkeypatch.chdir(tmp_path)  # the summary reads each artifact's size
+    for name in ("m_fp32.tflite", "m_int8.tflite"):
+        Path(name).write_bytes(b"tflite")
+    reference = np.eye(50, 10, dtype=np.float32) + np.arange(10, dtype=np.float32) * 0.01
+    flipped = reference.copy()
+    flipped[:2] = flipped[:2, ::-1]
+    records = [
+        SimpleNamespace(artifact=Artifact(Path("m_fp32.tflite"), "tflite", "fp32"),
+                        parity=compare(reference, reference, DEFAULT_THRESHOLDS["fp32"])),
+        SimpleNamespace(artifact=Artifact(Path("m_int8.tflite"), "tflite", "int8"),
+                        parity=compare(reference, flipped, DEFAULT_THRESHOLDS["int8"])),
+    ]
+    report = SimpleNamespace(model_dir=Path("out/m"), manifest_path=Path("out/m/manifest.json"), records=records)
+    assert summary_lines(report)[-1] == ("top-1 agreement 0.960 of m_int8.tflite on 50 samples: 95 % interval "
+                                         "0.865-0.989; more --val photos narrow it")
+    assert "interval" not in summary_lines(SimpleNamespace(**{**vars(report), "records": records[:1]}))[-1]
