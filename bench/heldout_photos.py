@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/heldout_photos.py out/mobilenet_v2
     .venv/bin/python bench/heldout_photos.py out/mobilenet_v2 --markdown bench/results/heldout_photos.md
+    .venv/bin/python bench/heldout_photos.py out/my_model --photos my_held_out_photos/
 
 The default export checks parity on 5 built-in photos in ten crops each: 50 crops, so top-1 agreement
 moves in steps of 0.02 and four near-ties among them decide it. This script scores the exported artifacts,
@@ -30,6 +31,7 @@ from bench.onnx2tf_by_hand import rebuild_export_inputs  # noqa: E402
 from validation.parity import wilson_interval  # noqa: E402
 
 CROPS_PER_PHOTO = 10  # the ten-crop views of exporter.datasets.ten_crop_tensors
+IMAGENET_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -69,23 +71,30 @@ def labelled_imagenet_photos(folder: Path):
     return photos, [int(Path(p.name).stem.split("_")[2]) for p in photos]
 
 
-def photo_sets(export) -> list[PhotoSet]:
-    """The export's own validation crops, then the labelled ImageNet photos in the same ten crops."""
+def photo_sets(export, folder: Path | None = None) -> list[PhotoSet]:
+    """The export's own validation crops, then the photos of `folder` (default: the labelled ImageNet photos)
+    in the same ten crops. Labels count only for a model with ImageNet's 1000 classes."""
     from exporter.datasets import ten_crop_tensors
+    from exporter.images import load_photos
     from exporter.onnx_stage import OnnxRuntimeRunner
 
     builtin_count = len(export.datasets.description.get("validation_photos", []))
-    builtin = PhotoSet(f"export's own ({builtin_count} photos)", export.datasets.validation, export.reference, None)
-    photos, labels = labelled_imagenet_photos(foolbox_imagenet_folder())
+    sets = [PhotoSet(f"export's own ({builtin_count} photos)", export.datasets.validation, export.reference, None)]
+    if folder is None:
+        photos, labels = labelled_imagenet_photos(foolbox_imagenet_folder())
+        name = f"ImageNet val ({len(photos)} photos)"
+    else:
+        photos, labels = load_photos(folder), None
+        name = f"{folder.name} ({len(photos)} photos)"
     tensors = ten_crop_tensors(photos, export.spec.contract)
-    imagenet = PhotoSet(f"ImageNet val ({len(photos)} photos)", tensors,
-                        OnnxRuntimeRunner(export.onnx_model).run(tensors), np.repeat(labels, CROPS_PER_PHOTO))
-    return [builtin, imagenet]
+    reference = OnnxRuntimeRunner(export.onnx_model).run(tensors)
+    imagenet_labels = labels is not None and reference.shape[1] == IMAGENET_CLASSES
+    return sets + [PhotoSet(name, tensors, reference, np.repeat(labels, CROPS_PER_PHOTO) if imagenet_labels else None)]
 
 
-def measure(model_dir: Path) -> list[HeldOutRow]:
+def measure(model_dir: Path, folder: Path | None = None) -> list[HeldOutRow]:
     export = rebuild_export_inputs(model_dir)
-    sets = photo_sets(export)
+    sets = photo_sets(export, folder)
     all_references = np.concatenate([s.reference for s in sets])
     rows = []
     for entry in export.manifest["artifacts"]:
@@ -150,9 +159,11 @@ def markdown_table(rows: list[HeldOutRow]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model_dir", type=Path, help="OUT/<model> of a mobile-export export")
+    parser.add_argument("--photos", type=Path,
+                        help="a folder of your own held-out photos instead of the labelled ImageNet ones")
     parser.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
-    table = markdown_table(measure(args.model_dir))
+    table = markdown_table(measure(args.model_dir, args.photos))
     print(table, end="")
     if args.markdown:
         args.markdown.write_text(table)
