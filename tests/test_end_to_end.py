@@ -95,6 +95,7 @@ def test_manifest_records_the_input_contract_and_tools(android_export):
 def test_summary_is_printed_and_nothing_is_left_in_the_working_folder(android_export):
     result, model_dir, before, cwd = android_export
     assert "my_mod_int8.tflite" in result.stdout and "cosine" in result.stdout
+    assert "built-in sample photos" not in result.stderr  # calibrated on the user's own photos
     after = sorted(p.name for p in cwd.iterdir() if p.name != "__pycache__")
     assert after == [name for name in before if name != "__pycache__"]
     assert not list(model_dir.glob(".staging-*"))
@@ -112,6 +113,15 @@ def test_failed_gate_exits_1_and_names_the_artifact(user_package, digit_photo_fo
     assert "parity gate failed" in result.stderr and "ncnn fp16" in result.stderr and "< 1.0" in result.stderr
     manifest = json.loads((tmp_path / "out" / "my_mod" / "manifest.json").read_text())
     assert manifest["gates_passed"] is False
+
+
+def test_an_export_on_the_built_in_photos_says_to_calibrate_on_your_own(user_package, tmp_path):
+    result = run_cli(
+        ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT, "--target", "ncnn", "--out", str(tmp_path / "out")],
+        cwd=user_package,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "built-in sample photos, not photos like your app's: pass --calib" in result.stderr
 
 
 @pytest.mark.parametrize("form", ["torchscript", "exported_program", "onnx"])
