@@ -113,7 +113,8 @@ class Latency:
         raise ValueError("a latency needs a p50 or a mean")
 
     def as_dict(self) -> dict:
-        return {key: None if value is None else round(value, 4)
+        # Nanoseconds: a tiny model runs in 45 µs on a desktop, where 0.1 µs steps put the FPS next to it 0.2 % off.
+        return {key: None if value is None else round(value, 6)
                 for key, value in (("p50", self.p50), ("p90", self.p90), ("p99", self.p99), ("mean", self.mean))}
 
 
