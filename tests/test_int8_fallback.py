@@ -121,12 +121,12 @@ def test_each_layers_graph_prefix_computes_exactly_what_the_whole_model_does(off
 
     samples = np.ascontiguousarray(offset_channel_onnx[2][:4].transpose(0, 2, 3, 1))
     model_bytes = pure_int8.path.read_bytes()
-    operators = _model_object(model_bytes).subgraphs[0].operators
-    weighted = _weighted_ops(_model_object(model_bytes))
+    model = _model_object(model_bytes)
+    weighted = _weighted_ops(model)
     whole = _layer_outputs(model_bytes, [op.outputs[0] for op in weighted], samples)
     assert len(weighted) == 4
     for op, expected in zip(weighted, whole):
-        position = next(i for i, candidate in enumerate(operators) if candidate.outputs == op.outputs)
+        position = model.subgraphs[0].operators.index(op)  # as correct_biases finds it
         prefix = _graph_prefix(model_bytes, position)
         assert len(_model_object(prefix).subgraphs[0].operators) == position + 1
         (measured,) = _layer_outputs(prefix, [op.outputs[0]], samples)
