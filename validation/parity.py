@@ -39,8 +39,8 @@ class ParityResult:
     # artifact's. A lead of a few hundredths is a near-tie that any rounding can flip (on the default
     # MobileNetV2 even fp16 flips one sample); a large lead is a real error.
     top1_changes: tuple["Top1Change", ...] = ()
-    # The 95 % interval of top-1 agreement: on the default 50 crops, 48 agreeing reads 0.960 and means
-    # anything from 0.865 to 0.989, which is what a release gate on it should be read against.
+    # The 95 % interval of top-1 agreement: 48 of 50 crops agreeing reads 0.960 and means anything from
+    # 0.865 to 0.989, which is what a release gate on it should be read against.
     top1_interval: tuple[float, float] | None = None
 
     def to_manifest(self) -> dict:
