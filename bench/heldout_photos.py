@@ -100,7 +100,7 @@ def measure(model_dir: Path, folder: Path | None = None) -> list[HeldOutRow]:
 def _runner(model_dir: Path, entry: dict):
     """A Runner for a manifest artifact, or None (printed) for the reference itself and what cannot run here."""
     from exporter.errors import MobileExportError
-    from targets import get_target
+    from exporter.loading import open_runner
     from targets.base import Artifact
 
     if entry["runtime"] == "onnx":
@@ -108,7 +108,7 @@ def _runner(model_dir: Path, entry: dict):
     files = [model_dir / record["path"] for record in entry["files"]]
     artifact = Artifact(files[0], entry["runtime"], entry["precision"], tuple(files[1:]), entry.get("details", {}))
     try:
-        return get_target(entry["runtime"]).load(artifact)
+        return open_runner(artifact)
     except MobileExportError as error:
         print(f"skipped {files[0].name}: {error.message}", file=sys.stderr)
         return None
