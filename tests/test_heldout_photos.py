@@ -51,10 +51,11 @@ def test_a_row_counts_agreement_with_the_reference_and_with_the_labels():
 def test_the_builtin_photos_hold_out_the_odd_numbered_imagenet_samples_and_never_calibrate_on_them():
     from exporter.images import BUILTIN_VALIDATION_PHOTOS, builtin_photos, imagenet_label, split_builtin
 
-    calibration, validation = split_builtin(builtin_photos())
+    photos = builtin_photos()
+    calibration, validation = split_builtin(photos)
     calibration_names, validation_names = [p.name for p in calibration], [p.name for p in validation]
     assert not set(calibration_names) & set(validation_names)
-    assert len(calibration) + len(validation) == len(builtin_photos())
+    assert len(calibration) + len(validation) == len(photos)
     held_out_samples = [name for p, name in zip(validation, validation_names) if imagenet_label(p) is not None]
     calibrating_samples = [name for p, name in zip(calibration, calibration_names) if imagenet_label(p) is not None]
     assert [int(name.split("_")[1]) for name in held_out_samples] == list(range(1, 20, 2))
