@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.onnx2tf_by_hand import rebuild_export_inputs  # noqa: E402
-from validation.parity import wilson_interval  # noqa: E402
+from core.parity import wilson_interval  # noqa: E402
 
 CROPS_PER_PHOTO = 10  # the ten-crop views of exporter.datasets.ten_crop_tensors
 IMAGENET_CLASSES = 1000
@@ -99,9 +99,9 @@ def measure(model_dir: Path, folder: Path | None = None) -> list[HeldOutRow]:
 
 def _runner(model_dir: Path, entry: dict):
     """A Runner for a manifest artifact, or None (printed) for the reference itself and what cannot run here."""
-    from exporter.errors import MobileExportError
+    from core.errors import MobileExportError
     from exporter.loading import open_runner
-    from targets.base import Artifact
+    from core.artifact import Artifact
 
     if entry["runtime"] == "onnx":
         return None
@@ -116,7 +116,7 @@ def _runner(model_dir: Path, entry: dict):
 
 def _row(artifact: str, photo_set: str, reference: np.ndarray, candidate: np.ndarray,
          labels: np.ndarray | None) -> HeldOutRow:
-    from validation.parity import cosine_per_sample
+    from core.parity import cosine_per_sample
 
     reference_top1, candidate_top1 = reference.argmax(axis=1), candidate.argmax(axis=1)
     return HeldOutRow(

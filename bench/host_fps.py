@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.errors import MobileExportError  # noqa: E402
+from core.errors import MobileExportError  # noqa: E402
 from validation import host_bench  # noqa: E402
 from validation.fps_gate import load_export, measure_artifact_on_host  # noqa: E402
 

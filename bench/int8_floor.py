@@ -29,7 +29,7 @@ from exporter.onnx_stage import OnnxRuntimeRunner, describe  # noqa: E402
 
 def measure(model_dir: Path, with_int16: bool) -> list[tuple[str, dict]]:
     from targets.tflite import LiteRTRunner
-    from validation.parity import DEFAULT_THRESHOLDS, compare
+    from core.parity import DEFAULT_THRESHOLDS, compare
 
     export = rebuild_export_inputs(model_dir)
     validation, gate = export.datasets.validation, DEFAULT_THRESHOLDS["int8"]
@@ -55,7 +55,7 @@ def _tflite_entry(manifest: dict, precision: str) -> dict:
 
 def _int8_ready_graph(export: ExportInputs, scratch: Path):
     """The ConversionJob the TFLite target sees, and the int8-ready ONNX it quantizes from."""
-    from targets.base import ConversionJob
+    from core.artifact import ConversionJob
     from targets.lean_graph import with_lean_graph
     from targets.tflite import _int8_ready_onnx
 

@@ -44,7 +44,7 @@ class ExportInputs:
     manifest: dict
     spec: object  # exporter.config.ExportSpec
     datasets: object  # exporter.datasets.Datasets
-    onnx_model: object  # targets.base.OnnxModel
+    onnx_model: object  # core.artifact.OnnxModel
     reference: np.ndarray
 
 
@@ -64,7 +64,7 @@ def rebuild_export_inputs(model_dir: Path) -> ExportInputs:
 
 def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
     from targets.tflite import LiteRTRunner, describe_tflite
-    from validation.parity import DEFAULT_THRESHOLDS, compare
+    from core.parity import DEFAULT_THRESHOLDS, compare
 
     export = rebuild_export_inputs(model_dir)
     with tempfile.TemporaryDirectory(prefix="onnx2tf-by-hand-") as scratch:

@@ -37,7 +37,7 @@ def bench(model_dir: Path, profile_names: str | None, target: str | None, as_jso
     from exporter.cli import _guarded
 
     def run() -> int:
-        from exporter.errors import InputError
+        from core.errors import InputError
         from exporter.progress import StageClock
         from validation.device_run import parse_device_spec
         from validation.fps_gate import (BenchPlan, check_gate, load_export, run_bench, select_profiles, table_lines,

@@ -13,8 +13,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.errors import InputError
-from exporter.manifest import MANIFEST_NAME, sha256_of, write_atomically
+from core.errors import InputError
+from core.manifest import MANIFEST_NAME, sha256_of, write_atomically
 
 BUNDLE_NAME = "bundle.zip"
 CONTRACT_NAME = "input_contract.json"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.manifest import MANIFEST_NAME, sha256_of
-from targets.base import Artifact, ConversionJob, OnnxModel
+from core.manifest import MANIFEST_NAME, sha256_of
+from core.artifact import Artifact, ConversionJob, OnnxModel
 
 CONVERSION_DETAIL = "conversion"  # the key under an artifact's manifest details that records its cache key
 # Job fields that say where to work or how long to wait, not what to build.

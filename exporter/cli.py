@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from exporter.config import TARGET_GROUPS
-from exporter.errors import GateFailed, MobileExportError, most_severe
+from core.errors import GateFailed, MobileExportError, most_severe
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_CONVERTER = 0, 1, 2, 3
 

@@ -5,9 +5,9 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from exporter.contract import InputContract
-from exporter.errors import InputError
-from validation.parity import DEFAULT_THRESHOLDS, ParityThresholds
+from core.contract import InputContract
+from core.errors import InputError
+from core.parity import DEFAULT_THRESHOLDS, ParityThresholds
 
 DEFAULT_MODEL = "zoo:mobilenet_v2"
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.contract import InputContract
-from exporter.errors import InputError
-from exporter.images import BUILTIN_PHOTOS, Photo, load_photos, photo_views, split_builtin, split_holdout, ten_crop
+from core.contract import InputContract
+from core.errors import InputError
+from core.pixels import ten_crop
+from exporter.images import BUILTIN_PHOTOS, Photo, load_photos, photo_views, split_builtin, split_holdout
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _load_npy_if_given(source: str | None, contract: InputContract) -> np.ndarra
 def _npy_to_tensors(array: np.ndarray, path: Path, contract: InputContract) -> np.ndarray:
     expected = (contract.channels, contract.height, contract.width)
     if array.dtype == np.uint8 and array.ndim == 4 and array.shape[-1] == 3:
-        from exporter.images import center_crop
+        from core.pixels import center_crop
 
         views = [center_crop(image, contract.height, contract.width) for image in array]
         return np.stack([contract.preprocess(view) for view in views])

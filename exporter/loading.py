@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import ConverterError, InputError, MobileExportError
-from targets.base import Artifact, OnnxModel, Runner
+from core.errors import ConverterError, InputError, MobileExportError
+from core.artifact import Artifact, OnnxModel, Runner
 
 # A load and one inference of a mobile model take seconds; far longer means the runtime is stuck.
 LOAD_CHECK_TIMEOUT_S = 300.0
@@ -44,7 +44,7 @@ def open_runner(artifact: Artifact) -> Runner:
 
 
 def check_in_child(artifact: Artifact, input_shape: tuple[int, ...], *, log_path: Path, timeout_s: float) -> None:
-    from targets._process import how_it_ended, log_tail, run_contained
+    from core.process import how_it_ended, log_tail, run_contained
 
     with tempfile.TemporaryDirectory(prefix="mobile-export-load-check-") as scratch:
         request = Path(scratch) / "request.json"
@@ -78,9 +78,9 @@ def _request(artifact: Artifact, input_shape: tuple[int, ...]) -> dict:
 def _child_env() -> dict:
     import os
 
-    root = str(Path(__file__).resolve().parents[1])
-    existing = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + existing if existing else "")}
+    from core.process import python_path_for_child
+
+    return {**os.environ, "PYTHONPATH": python_path_for_child()}
 
 
 def _error_from(report: dict) -> MobileExportError:

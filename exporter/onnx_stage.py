@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.capture import output_to
-from exporter.contract import InputContract
-from exporter.errors import ConverterError, InputError
-from targets.base import VALIDATION_THREADS, OnnxModel, run_in_chunks
+from core.capture import output_to
+from core.contract import InputContract
+from core.errors import ConverterError, InputError
+from core.artifact import VALIDATION_THREADS, OnnxModel, run_in_chunks
 
 OPSET = 17
 

@@ -19,17 +19,17 @@ from exporter.bundle import write_report_and_bundle
 from exporter.cache import conversion_key, reusable_artifacts, with_conversion_record
 from exporter.config import ExportSpec
 from exporter.datasets import DatasetPlan, Datasets, build_datasets
-from exporter.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
+from core.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
 from exporter.images import BUILTIN_PHOTOS
 from exporter.loading import open_checked, open_runner
-from exporter.manifest import MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, write_json_atomically
+from core.manifest import MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, write_json_atomically
 from exporter.progress import StageClock
 from exporter.publish import Publisher, exclusive_staging, prepare_model_dir, publishing
 from exporter.reproducibility import is_reproducible
 from exporter.sources import LoadedModel, copy_checked_onnx, load_model
 from targets import get_target
-from targets.base import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
-from validation.parity import ParityResult, compare
+from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
+from core.parity import ParityResult, compare
 
 # Measured on the default MobileNetV2 (bench/results/heldout_photos_mobilenet_v2.md): int8 calibrated on
 # scikit-image's photos agreed with float on 0.910 of crops of ImageNet photos, and on 0.96-0.98 once half of

@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from exporter.errors import InputError, disk_full_cause, disk_full_error
-from exporter.manifest import MANIFEST_NAME
+from core.errors import InputError, disk_full_cause, disk_full_error
+from core.manifest import MANIFEST_NAME
 
 STAGING_PREFIX = ".staging-"
 LOCK_NAME = ".mobile-export.lock"

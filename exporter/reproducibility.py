@@ -12,7 +12,7 @@ Anything not listed (a new target or precision) is reported as not reproducible 
 """
 from __future__ import annotations
 
-from targets.base import Artifact
+from core.artifact import Artifact
 
 REPRODUCIBLE: dict[tuple[str, str], bool] = {
     ("onnx", "fp32"): True,

@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.errors import InputError
+from core.errors import InputError
 
 SOURCE_FORMS = (
     "zoo:NAME, python:package.module:factory, a TorchScript .pt, an ExportedProgram .pt2, or an .onnx file"

@@ -1,7 +1,7 @@
 """The target registry: adding a runtime is one module and one line here."""
 from __future__ import annotations
 
-from targets.base import Target
+from core.artifact import Target
 
 
 def _registry() -> dict[str, Target]:

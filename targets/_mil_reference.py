@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from exporter.errors import ConverterError
+from core.errors import ConverterError
 
 BLOB_SENTINEL = 0xDEADBEEF
 BLOB_METADATA = np.dtype([("sentinel", "<u4"), ("mil_dtype", "<u4"), ("size", "<u8"), ("offset", "<u8")])

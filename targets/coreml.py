@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.capture import output_to
-from exporter.contract import InputContract
-from exporter.errors import ConverterError
-from targets.base import Artifact, ConversionJob, run_in_chunks
+from core.capture import output_to
+from core.contract import InputContract
+from core.errors import ConverterError
+from core.artifact import Artifact, ConversionJob, run_in_chunks
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "output"

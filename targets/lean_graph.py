@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from targets.base import ConversionJob
+from core.artifact import ConversionJob
 
 CHANNEL_AXIS = 1
 LEAN_FOLDER = "lean_source"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import ConverterError, InputError
-from targets._process import run_converter
-from targets.base import VALIDATION_THREADS, Artifact, ConversionJob
+from core.errors import ConverterError, InputError
+from core.process import run_converter
+from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob
 
 # fp16=1 stores weights as float16 in the .bin (half the size); arithmetic precision is a runtime option.
 STORAGE_PRECISIONS = {"fp32": 0, "fp16": 1}

@@ -5,7 +5,7 @@ from typing import Iterator
 
 import numpy as np
 
-from targets.base import VALIDATION_THREADS
+from core.artifact import VALIDATION_THREADS
 
 
 def conv_group(conv) -> int:

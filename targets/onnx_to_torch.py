@@ -13,9 +13,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from exporter.errors import ConverterError
-from targets._process import run_converter
-from targets.base import OnnxModel
+from core.errors import ConverterError
+from core.process import run_converter
+from core.artifact import OnnxModel
 from targets.ncnn import _pnnx_executable
 
 # pnnx always writes these; naming each keeps them all in our folder instead of beside the source file.

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import ConverterError
-from targets._process import run_python_module
+from core.errors import ConverterError
+from core.process import python_path_for_child, run_python_module
 from targets.activation_ranges import clear_winner, describe_choice, shortlist
-from targets.base import VALIDATION_THREADS, Artifact, ConversionJob, run_in_chunks
+from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, run_in_chunks
 from targets.lean_graph import with_lean_graph
 from targets.tflite_fallback import FallbackSteps, float_regions, keep_sensitive_tensors_float
-from validation.parity import ParityThresholds, compare, cosine_per_sample
+from core.parity import ParityThresholds, compare, cosine_per_sample
 
 # onnx2tf always loads this file for its own sanity inference on 4-D image inputs, and downloads it from
 # the internet when it is missing from the current folder. We write one from the user's photos instead.
@@ -48,7 +48,7 @@ class TFLiteTarget:
             "targets.tflite", [str(request)], cwd=job.workdir, log_path=job.log_path, timeout_s=job.timeout_s,
             what="onnx2tf / TFLite conversion",
             # Keep TensorFlow from grabbing every core and from chattering on stderr.
-            env={"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": _repo_root_for_child()},
+            env={"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": python_path_for_child()},
         )
         child = _child_result(job.workdir)
         int8_recipe = {
@@ -96,14 +96,6 @@ def _fallback_record(child: dict):
     return child["float_fallback"] or "off (--pure-int8): every op stays integer"
 
 
-def _repo_root_for_child() -> str:
-    import os
-
-    here = str(Path(__file__).resolve().parents[1])
-    existing = os.environ.get("PYTHONPATH", "")
-    return here + (os.pathsep + existing if existing else "")
-
-
 def _int8_ready_onnx(job: ConversionJob) -> tuple[Path, dict]:
     """The ONNX graph the int8 model is quantized from: activation ranges equalized where that is exact
     enough, then every convolution's weights rounded onto the int8 grid with calibration-aware rounding."""
@@ -141,7 +133,7 @@ def _write_request(job: ConversionJob, int8_onnx: Path) -> Path:
 
 def onnx2tf_sample_images(calibration_nchw: np.ndarray, contract) -> np.ndarray:
     """20 of the user's photos as 128x128 NHWC in [0, 1], the form onnx2tf expects for its sample file."""
-    from exporter.images import resize
+    from core.pixels import resize
 
     count, height, width = ONNX2TF_SAMPLE_SHAPE
     mean = np.asarray(contract.mean, np.float32)[:, None, None]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from validation.parity import ParityResult
+from core.parity import ParityResult
 
 MAX_FLOAT_TENSORS = 4  # beyond a few tensors the model is no longer the int8 model the user asked for
 

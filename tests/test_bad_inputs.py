@@ -192,7 +192,7 @@ class Inputs:
 
 def replace_converter(monkeypatch, executable_suffix: str, replacement: Path) -> None:
     """Run `replacement` wherever the pipeline would start a converter whose argv[0] ends in the suffix."""
-    import targets._process as process
+    import core.process as process
 
     real = process.run_contained
 
@@ -367,7 +367,7 @@ def test_code_pickled_into_an_exported_program_is_not_run(tmp_path):
     import json
     import zipfile
 
-    from exporter.errors import InputError
+    from core.errors import InputError
     from exporter.sources import load_model
 
     program = torch.export.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.zeros(1, 3, 8, 8),))

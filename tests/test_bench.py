@@ -248,7 +248,7 @@ cooling_down = 1
 
 
 def test_tool_output_without_timings_is_a_converter_error():
-    from exporter.errors import ConverterError
+    from core.errors import ConverterError
 
     with pytest.raises(ConverterError, match="no timing"):
         parse_benchncnn("loop_count = 8\nerror: load_param failed\n")
@@ -278,7 +278,7 @@ def test_timing_stops_at_max_runs_when_never_stable():
 
 
 def test_a_broken_artifact_is_a_converter_error_naming_it(tmp_path):
-    from exporter.errors import ConverterError
+    from core.errors import ConverterError
 
     path = tmp_path / "broken.tflite"
     path.write_bytes(b"not a flatbuffer")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from exporter.cache import conversion_key
-from exporter.contract import InputContract
-from targets.base import ConversionJob, OnnxModel
+from core.contract import InputContract
+from core.artifact import ConversionJob, OnnxModel
 from tests.test_end_to_end import DIGITS_CONTRACT, run_cli
 
 

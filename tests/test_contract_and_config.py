@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from exporter.config import build_spec
-from exporter.contract import InputContract
-from exporter.errors import InputError
+from core.contract import InputContract
+from core.errors import InputError
 
 NO_FLAGS = dict.fromkeys(
     ["model", "target", "out", "weights", "trust_pickle", "calib", "val", "labels", "int8_io", "pure_int8", "timeout_s",

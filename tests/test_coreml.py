@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from exporter.config import build_spec
-from exporter.contract import InputContract
-from exporter.errors import ConverterError
+from core.contract import InputContract
+from core.errors import ConverterError
 from tests.test_contract_and_config import NO_FLAGS
 from tests.test_end_to_end import DIGITS_CONTRACT, run_cli
 
@@ -153,9 +153,9 @@ def test_a_corrupted_weight_in_the_saved_package_fails_parity(ios_export, user_p
 
     import torch
 
-    from targets.base import Artifact
+    from core.artifact import Artifact
     from targets.coreml import CoreMLTarget
-    from validation.parity import DEFAULT_THRESHOLDS, compare
+    from core.parity import DEFAULT_THRESHOLDS, compare
 
     _, model_dir = ios_export
     manifest = json.loads((model_dir / "manifest.json").read_text())
@@ -179,7 +179,7 @@ def test_a_corrupted_weight_in_the_saved_package_fails_parity(ios_export, user_p
 def test_an_op_the_evaluator_does_not_know_is_not_verified(tmp_path):
     import torch
 
-    from targets.base import ConversionJob, OnnxModel
+    from core.artifact import ConversionJob, OnnxModel
     from targets.coreml import CoreMLTarget
 
     class SineNet(torch.nn.Module):
@@ -208,7 +208,7 @@ def test_an_onnx_source_converts_through_a_regenerated_pytorch_module(tmp_path):
     """coremltools reads no ONNX: pnnx rewrites the graph as a PyTorch module, which is converted."""
     import torch
 
-    from targets.base import ConversionJob, OnnxModel
+    from core.artifact import ConversionJob, OnnxModel
     from targets.coreml import CoreMLTarget
 
     torch.manual_seed(0)
@@ -237,7 +237,7 @@ def test_an_onnx_source_converts_through_a_regenerated_pytorch_module(tmp_path):
 
     import onnxruntime
 
-    from validation.parity import DEFAULT_THRESHOLDS, compare
+    from core.parity import DEFAULT_THRESHOLDS, compare
 
     samples = np.random.default_rng(1).uniform(-2, 2, (6, 3, 16, 16)).astype(np.float32)
     session = onnxruntime.InferenceSession(str(source), providers=["CPUExecutionProvider"])
@@ -271,7 +271,7 @@ def test_the_runtime_branch_feeds_pixels_and_orders_classifier_scores(ios_export
     from PIL import Image
 
     from targets import coreml
-    from targets.base import Artifact
+    from core.artifact import Artifact
 
     _, model_dir = ios_export
     fed = []

@@ -144,7 +144,7 @@ def test_the_jump_is_the_first_layer_with_at_least_half_the_largest_increase():
 def test_photos_given_with_val_are_compared_on_but_never_calibrated_with(digit_photo_folder):
     """An export that held out part of its --calib photos: explain --val compares on other photos, and the
     calibration (which sets the equalization its reference re-applies) stays the export's own."""
-    from exporter.contract import InputContract
+    from core.contract import InputContract
     from validation.explain import _rebuild_samples
 
     contract = InputContract((1, 3, 32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -152,7 +152,7 @@ def test_an_identical_rerun_is_byte_identical_where_the_manifest_says_so(
 
 
 def substitute_tflite_converter(monkeypatch, replacement: list[str]) -> None:
-    import targets._process as process
+    import core.process as process
 
     real = process.run_contained
 
@@ -239,7 +239,7 @@ def test_ctrl_c_while_publishing_does_not_stop_it_halfway():
 
 
 def test_stale_staging_is_removed_and_a_second_export_is_refused(tmp_path):
-    from exporter.errors import InputError
+    from core.errors import InputError
 
     model_dir = tmp_path / "model"
     (model_dir / f"{STAGING_PREFIX}killed").mkdir(parents=True)

@@ -85,7 +85,7 @@ def test_damaged_files_get_an_answer_not_a_crash(kind, originals, tmp_path):
 def _load(kind: str, path: Path, workdir: Path, companions: list[Path]) -> None:
     import numpy as np
 
-    from exporter.contract import InputContract
+    from core.contract import InputContract
 
     contract = InputContract(INPUT_SHAPE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     if kind == "onnx":
@@ -130,7 +130,7 @@ def _load_onnx_model_source(path: Path, workdir: Path, contract) -> None:
 
 def _open_artifact(kind: str, path: Path, workdir: Path, companions: list[Path]):
     from exporter.loading import open_checked
-    from targets.base import Artifact
+    from core.artifact import Artifact
 
     if kind == "tflite":
         artifact = Artifact(path=path, runtime="tflite", precision="int8")
@@ -142,7 +142,7 @@ def _open_artifact(kind: str, path: Path, workdir: Path, companions: list[Path])
 
 
 def _child_main(kind: str, cases_dir: Path, workdir: Path, companions: list[Path]) -> None:
-    from exporter.errors import MobileExportError
+    from core.errors import MobileExportError
 
     workdir.mkdir(parents=True, exist_ok=True)
     for path in sorted(cases_dir.iterdir()):

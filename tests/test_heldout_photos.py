@@ -66,7 +66,7 @@ def test_the_builtin_photos_hold_out_the_odd_numbered_imagenet_samples_and_never
 def test_missing_imagenet_samples_say_how_to_install_them(monkeypatch):
     import importlib.util
 
-    from exporter.errors import InputError
+    from core.errors import InputError
     from exporter.images import imagenet_sample_photos
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)

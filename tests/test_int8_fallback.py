@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from exporter.contract import InputContract
-from targets.base import ConversionJob, OnnxModel
+from core.contract import InputContract
+from core.artifact import ConversionJob, OnnxModel
 from targets.tflite import LiteRTRunner, TFLiteTarget
 from targets.tflite_fallback import FallbackSteps, FloatRegion, keep_sensitive_tensors_float
 from tests.conftest import MEAN, STD, digit_photos, preprocess
-from validation.parity import DEFAULT_THRESHOLDS, ParityThresholds, compare
+from core.parity import DEFAULT_THRESHOLDS, ParityThresholds, compare
 
 CONTRACT = InputContract(input_shape=(1, 3, 32, 32), mean=MEAN, std=STD)
 OFFSET = 300.0  # one channel sits this far above the others, whose values stay within a few units

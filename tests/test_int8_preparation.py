@@ -109,7 +109,8 @@ def nearest_rounded(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def photo_batch(count: int, seed: int, size: int = 8) -> np.ndarray:
     """Real image statistics (neighbouring pixels correlate), which is what makes smart rounding pay."""
-    from exporter.images import builtin_photos, random_crop
+    from core.pixels import random_crop
+    from exporter.images import builtin_photos
 
     photos = [photo for photo in builtin_photos() if photo.pixels.std() > 20]
     rng = np.random.default_rng(seed)

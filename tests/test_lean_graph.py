@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from exporter.contract import InputContract
-from exporter.images import center_crop
+from core.contract import InputContract
+from core.pixels import center_crop
 from exporter.onnx_stage import export_from_torch, simplify_and_check
 from exporter.zoo import ZOO
 from exporter.zoo._blocks import channel_shuffle
 from exporter.zoo.shufflenet_v1 import ShuffleUnit
 from exporter.zoo.shufflenet_v2 import InvertedResidual
-from targets.base import ConversionJob, OnnxModel
+from core.artifact import ConversionJob, OnnxModel
 from targets.lean_graph import lean_graph, with_lean_graph
 
 SIZE = 32

@@ -1,6 +1,6 @@
 import numpy as np
 
-from validation.parity import DEFAULT_THRESHOLDS, ParityThresholds, compare
+from core.parity import DEFAULT_THRESHOLDS, ParityThresholds, compare
 
 
 def logits(samples=20, classes=10, seed=0):
@@ -74,7 +74,7 @@ def test_top1_agreement_carries_its_95_percent_interval():
 
 
 def test_wilson_interval_stays_inside_0_1_and_is_total_ignorance_without_samples():
-    from validation.parity import wilson_interval
+    from core.parity import wilson_interval
 
     assert wilson_interval(50, 50)[1] == 1.0
     assert wilson_interval(0, 50)[0] == 0.0
@@ -85,7 +85,7 @@ def test_export_summary_gives_the_interval_of_the_lowest_top1_agreement(tmp_path
     from pathlib import Path
     from types import SimpleNamespace
 
-    from targets.base import Artifact
+    from core.artifact import Artifact
     from validation.report import summary_lines
 
     monkeypatch.chdir(tmp_path)  # the summary reads each artifact's size

@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from exporter.config import parse_number_list
-from exporter.contract import InputContract
+from core.contract import InputContract
 from exporter.datasets import DatasetPlan, build_datasets
-from exporter.errors import InputError
-from exporter.images import center_crop, random_crop, ten_crop
+from core.errors import InputError
+from core.pixels import center_crop, random_crop, ten_crop
 from targets.coreml import image_preprocessing
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

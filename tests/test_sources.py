@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from exporter.errors import InputError
+from core.errors import InputError
 from exporter.sources import load_model, load_state_dict
 from exporter.zoo.mobilenet_v2 import mobilenet_v2
 

@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.errors import ConverterError, InputError
+from core.errors import ConverterError, InputError
 
 DEVICE_DIR = "/data/local/tmp/mobile-export"
 ADB_TIMEOUT_S = 600

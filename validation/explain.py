@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.contract import InputContract
+from core.contract import InputContract
 from exporter.datasets import DatasetPlan, build_datasets, validation_tensors
-from exporter.errors import InputError
-from exporter.manifest import MANIFEST_NAME
+from core.errors import InputError
+from core.manifest import MANIFEST_NAME
 from validation.explain_graphs import PASS_THROUGH, ArtifactOp, load_artifact_graph
 
 EXPLAINABLE_RUNTIMES = ("tflite", "ncnn", "coreml")

@@ -13,7 +13,7 @@ from typing import Hashable
 
 import numpy as np
 
-from exporter.errors import ConverterError
+from core.errors import ConverterError
 
 WEIGHTED_KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # The same values, in another number format or copied (CAST: an ML Program's float32 <-> float16).
@@ -40,7 +40,7 @@ def load_artifact_graph(model_dir: Path, entry: dict):
     if entry["runtime"] == "tflite":
         return TFLiteGraph(path.read_bytes())
     if entry["runtime"] == "coreml":
-        from targets.base import Artifact
+        from core.artifact import Artifact
         from targets.coreml import preprocessing_of
 
         artifact = Artifact(path, "coreml", entry["precision"], details=entry["details"])

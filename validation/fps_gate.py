@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from exporter.errors import GateFailed, InputError
-from exporter.manifest import MANIFEST_NAME, write_json_atomically
+from core.errors import GateFailed, InputError
+from core.manifest import MANIFEST_NAME, write_json_atomically
 from validation import host_bench
 from validation.profiles import DEFAULT_TARGET_FPS, DeviceProfile
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from exporter.errors import InputError
+from core.errors import InputError
 
 # Input sizes benchncnn feeds each network (benchmark/benchncnn.cpp, `benchmark("name", ncnn::Mat(w, h, c))`);
 # three of the .param files carry no shape hints, so this is the only place their size is stated.

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import ConverterError
+from core.errors import ConverterError
+from core.process import python_path_for_child
 
 HOST_RUNTIMES = ("onnx", "tflite", "ncnn")  # coreml runs only on macOS; the reference evaluator is no runtime
 RUNTIME_PACKAGES = {"onnx": "onnxruntime", "tflite": "ai-edge-litert", "ncnn": "ncnn"}
@@ -140,8 +141,7 @@ def measure_on_host(request: MeasureRequest, log_path: Path) -> HostMeasurement:
     with tempfile.TemporaryDirectory(prefix="mobile-export-bench-") as scratch:
         request_path, result_path = Path(scratch) / "request.json", Path(scratch) / "result.json"
         request_path.write_text(json.dumps({**asdict(request), "log": str(log_path), "result": str(result_path)}))
-        repo_root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        env = {**os.environ, "PYTHONPATH": python_path_for_child(),
                "TF_CPP_MIN_LOG_LEVEL": "2"}
         completed = subprocess.run([sys.executable, "-m", "validation.host_bench", str(request_path)],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
@@ -157,7 +157,7 @@ def measure_on_host(request: MeasureRequest, log_path: Path) -> HostMeasurement:
 
 
 def _child_main(request_path: Path) -> None:
-    from exporter.capture import output_to
+    from core.capture import output_to
 
     raw = json.loads(request_path.read_text())
     result_path, log_path = Path(raw.pop("result")), Path(raw.pop("log"))
@@ -240,7 +240,7 @@ def _open_runner(request: MeasureRequest):
     files = [Path(f) for f in request.files]
     if request.runtime == "onnx":
         from exporter.onnx_stage import OnnxRuntimeRunner
-        from targets.base import OnnxModel
+        from core.artifact import OnnxModel
 
         model = OnnxModel(files[0], request.input_name, request.output_name, request.input_shape, ())
         runner = OnnxRuntimeRunner(model, threads=request.threads)

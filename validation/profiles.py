@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from exporter.errors import InputError
+from core.errors import InputError
 
 BUILTIN_PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 DEFAULT_TARGET_FPS = 30.0

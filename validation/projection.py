@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import InputError
+from core.errors import InputError
 from validation.graph_cost import KINDS, GraphCost, graph_cost
 from validation.profiles import Calibration, DeviceProfile
 

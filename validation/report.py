@@ -1,7 +1,7 @@
 """The short human summary printed at the end of an export."""
 from __future__ import annotations
 
-from exporter.manifest import size_of
+from core.manifest import size_of
 
 
 def summary_lines(report) -> list[str]:

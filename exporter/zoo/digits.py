@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.contract import InputContract
-from exporter.images import center_crop, resize
-from exporter.manifest import write_atomically
+from core.contract import InputContract
+from core.pixels import center_crop, resize
+from core.manifest import write_atomically
 from exporter.zoo import IMAGENET_MEAN, IMAGENET_STD, ZOO
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "digits_weights"

@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from exporter.errors import InputError
+from core.errors import InputError
 
 ColorOrder = Literal["rgb", "bgr"]
 

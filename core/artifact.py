@@ -7,8 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
-from exporter.contract import InputContract
-from validation.parity import ParityThresholds
+from core.contract import InputContract
+from core.parity import ParityThresholds
 
 
 # Parity, calibration and explain runs are about numbers, not speed: one thread. Runtimes' worker threads

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from targets.base import Artifact
-from validation.parity import ParityResult
+from core.artifact import Artifact
+from core.parity import ParityResult
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from exporter.errors import ConverterError, disk_full_error
+from core.errors import ConverterError, disk_full_error
 
 LOG_TAIL_LINES = 15
 NO_SPACE_MESSAGE = "No space left on device"
@@ -48,6 +48,14 @@ def run_converter(
 
 def run_python_module(module: str, module_args: list[str], **kwargs) -> None:
     run_converter([sys.executable, "-m", module, *module_args], **kwargs)
+
+
+def python_path_for_child() -> str:
+    """PYTHONPATH for a `python -m <our module>` child: this checkout first, so the child runs the same code
+    as its parent whether or not the project is installed."""
+    root = str(Path(__file__).resolve().parents[1])
+    existing = os.environ.get("PYTHONPATH", "")
+    return root + (os.pathsep + existing if existing else "")
 
 
 def run_contained(args: list[str], *, cwd: Path, output, timeout_s: float, env: dict) -> int | None:
