@@ -56,7 +56,7 @@ def _tflite_entry(manifest: dict, precision: str) -> dict:
 def _int8_ready_graph(export: ExportInputs, scratch: Path):
     """The ConversionJob the TFLite target sees, and the int8-ready ONNX it quantizes from."""
     from core.artifact import ConversionJob
-    from targets.lean_graph import with_lean_graph
+    from graph.passes.lean_graph import with_lean_graph
     from targets.tflite import _int8_ready_onnx
 
     job = with_lean_graph(ConversionJob(onnx=export.onnx_model, contract=export.spec.contract,

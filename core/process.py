@@ -6,6 +6,7 @@ on Linux it is killed when we are, so no orphan goes on writing into a staging f
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,16 @@ def run_converter(
 
 def run_python_module(module: str, module_args: list[str], **kwargs) -> None:
     run_converter([sys.executable, "-m", module, *module_args], **kwargs)
+
+
+def installed_executable(name: str) -> str:
+    """A command-line tool installed next to this Python (wheels ship their binaries as console scripts),
+    else on PATH."""
+    beside_python = Path(sys.executable).with_name(name)
+    found = str(beside_python) if beside_python.is_file() else shutil.which(name)
+    if not found:
+        raise ConverterError(f"the {name} converter is not installed", hint="run `make venv` to install the pinned tools")
+    return found
 
 
 def python_path_for_child() -> str:

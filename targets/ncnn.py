@@ -6,15 +6,15 @@ given explicitly so all of them land in the private work folder and only the ncn
 from __future__ import annotations
 
 import shutil
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import ConverterError, InputError
-from core.process import run_converter
+from core.process import installed_executable, run_converter
 from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob
+from graph.ncnn_param import Endpoints, endpoints, parse_ncnn_param
 
 # fp16=1 stores weights as float16 in the .bin (half the size); arithmetic precision is a runtime option.
 STORAGE_PRECISIONS = {"fp32": 0, "fp16": 1}
@@ -39,7 +39,7 @@ class NcnnTarget:
             "pnnxonnx": "model.pnnx.onnx", "ncnnpy": "model_ncnn.py",
         }
         run_converter(
-            [_pnnx_executable(), str(source), f"inputshape=[{shape}]", f"fp16={fp16_flag}",
+            [installed_executable("pnnx"), str(source), f"inputshape=[{shape}]", f"fp16={fp16_flag}",
              f"ncnnparam={param}", f"ncnnbin={weights}", *(f"{key}={folder / name}" for key, name in side_files.items())],
             cwd=folder, log_path=job.log_path, timeout_s=job.timeout_s, what=f"pnnx ({precision})",
         )
@@ -52,7 +52,7 @@ class NcnnTarget:
         _refuse_unknown_layers(blobs)
         return Artifact(
             path=param, runtime=self.runtime, precision=precision, companions=(weights,),
-            details={"layout": "CHW (no batch axis)", "input_blob": blobs.input_blob, "output_blob": blobs.output_blob,
+            details={"layout": "CHW (no batch axis)", "input_blob": blobs.inputs[0], "output_blob": blobs.outputs[0],
                      "ops": blobs.layer_counts},
         )
 
@@ -63,16 +63,7 @@ class NcnnTarget:
         return {"pnnx": metadata.version("pnnx"), "ncnn": metadata.version("ncnn")}
 
 
-def _pnnx_executable() -> str:
-    """The pnnx binary installed next to this Python (the wheel ships it as a console script)."""
-    beside_python = Path(sys.executable).with_name("pnnx")
-    found = str(beside_python) if beside_python.is_file() else shutil.which("pnnx")
-    if not found:
-        raise ConverterError("the pnnx converter is not installed", hint="run `make venv` to install the pinned tools")
-    return found
-
-
-def _refuse_unknown_layers(blobs: "ParamSummary") -> None:
+def _refuse_unknown_layers(blobs: Endpoints) -> None:
     """pnnx passes ops it cannot convert through under their own name; ncnn would refuse to load them."""
     import ncnn
 
@@ -82,38 +73,18 @@ def _refuse_unknown_layers(blobs: "ParamSummary") -> None:
                          hint="replace that op in the model, or build another --target (--keep-going builds the rest)")
 
 
-class ParamSummary:
-    """What the .param text says: which blob is fed, which is read, and how many layers of each type."""
-
-    def __init__(self, input_blob: str, output_blob: str, layer_counts: dict[str, int]):
-        self.input_blob, self.output_blob, self.layer_counts = input_blob, output_blob, layer_counts
-
-
-def read_param(param: Path) -> ParamSummary:
-    lines = param.read_text(encoding="utf-8", errors="replace").split("\n")
-    if not lines or lines[0].strip() != "7767517":
-        raise ConverterError(f"{param.name} is not an ncnn param file", hint="re-run the export")
-    produced, consumed, counts, inputs = [], set(), {}, []
-    for line in lines[2:]:
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        layer_type, bottom_count, top_count = fields[0], int(fields[2]), int(fields[3])
-        bottoms = fields[4 : 4 + bottom_count]
-        tops = fields[4 + bottom_count : 4 + bottom_count + top_count]
-        if layer_type == "Input":
-            inputs += tops
-            continue
-        counts[layer_type] = counts.get(layer_type, 0) + 1
-        consumed.update(bottoms)
-        produced += tops
-    outputs = [blob for blob in produced if blob not in consumed]
-    if len(inputs) != 1 or len(outputs) != 1:
+def read_param(param: Path) -> Endpoints:
+    """The blob the net is fed through, the blob it is read from, and its layer counts."""
+    try:
+        summary = endpoints(parse_ncnn_param(param))
+    except (InputError, ValueError):
+        raise ConverterError(f"{param.name} is not an ncnn param file", hint="re-run the export") from None
+    if len(summary.inputs) != 1 or len(summary.outputs) != 1:
         raise ConverterError(
-            f"{param.name} has {len(inputs)} inputs and {len(outputs)} outputs; expected one of each",
+            f"{param.name} has {len(summary.inputs)} inputs and {len(summary.outputs)} outputs; expected one of each",
             hint="mobile-export handles image models with one input and one output",
         )
-    return ParamSummary(inputs[0], outputs[0], dict(sorted(counts.items())))
+    return summary
 
 
 class NcnnRunner:
@@ -136,7 +107,7 @@ class NcnnRunner:
         if self._net.load_param(str(param)) != 0 or self._net.load_model(str(weights)) != 0:
             raise ConverterError(f"ncnn cannot load {param.name} / {weights.name}", hint="the files are damaged; re-export")
         summary = read_param(param)
-        self._input_blob, self._output_blob = summary.input_blob, summary.output_blob
+        self._input_blob, self._output_blob = summary.inputs[0], summary.outputs[0]
 
     @property
     def options(self):

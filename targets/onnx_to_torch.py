@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 from core.errors import ConverterError
-from core.process import run_converter
+from core.process import installed_executable, run_converter
 from core.artifact import OnnxModel
-from targets.ncnn import _pnnx_executable
 
 # pnnx always writes these; naming each keeps them all in our folder instead of beside the source file.
 _PNNX_OUTPUTS = {
@@ -33,7 +32,7 @@ def torch_module_from_onnx(onnx: OnnxModel, folder: Path, log_path: Path, timeou
     source.write_bytes(onnx.path.read_bytes())  # pnnx writes a simplified copy beside its input
     shape = ",".join(str(d) for d in onnx.input_shape)
     run_converter(
-        [_pnnx_executable(), str(source), f"inputshape=[{shape}]", "fp16=0",
+        [installed_executable("pnnx"), str(source), f"inputshape=[{shape}]", "fp16=0",
          *(f"{key}={folder / name}" for key, name in _PNNX_OUTPUTS.items())],
         cwd=folder, log_path=log_path, timeout_s=timeout_s, what="pnnx (ONNX to PyTorch)",
     )

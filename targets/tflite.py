@@ -24,7 +24,7 @@ from core.errors import ConverterError
 from core.process import python_path_for_child, run_python_module
 from targets.activation_ranges import clear_winner, describe_choice, shortlist
 from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, run_in_chunks
-from targets.lean_graph import with_lean_graph
+from graph.passes.lean_graph import with_lean_graph
 from targets.tflite_fallback import FallbackSteps, float_regions, keep_sensitive_tensors_float
 from core.parity import ParityThresholds, compare, cosine_per_sample
 
@@ -101,8 +101,8 @@ def _int8_ready_onnx(job: ConversionJob) -> tuple[Path, dict]:
     enough, then every convolution's weights rounded onto the int8 grid with calibration-aware rounding."""
     import onnx
 
-    from targets.equalize import equalize_activation_ranges
-    from targets.weight_rounding import round_weights_to_int8_grid
+    from graph.passes.equalize import equalize_activation_ranges
+    from graph.passes.weight_rounding import round_weights_to_int8_grid
 
     equalized, pairs = equalize_activation_ranges(onnx.load(str(job.onnx.path)), job.calibration)
     rounded, layers = round_weights_to_int8_grid(equalized, job.calibration)

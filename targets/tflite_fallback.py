@@ -8,7 +8,7 @@ gained more than 0.0003 output cosine). What loses accuracy is an activation ten
 tensor is kept in float by keeping the op that writes it and every op that reads it in float. Ranked that
 way, the stem convolution's output of MobileNetV2 gains 0.0024 (0.99468 -> 0.99708 before bias correction).
 
-The float ops keep the int8-grid weights of `targets.weight_rounding`: the fallback removes activation
+The float ops keep the int8-grid weights of `graph.passes.weight_rounding`: the fallback removes activation
 rounding, not weight rounding. The choice is scored on calibration photos bias correction did not measure,
 never on the validation photos the parity gate is judged on.
 """

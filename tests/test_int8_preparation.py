@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from targets.equalize import equalize_activation_ranges
+from graph.passes.equalize import equalize_activation_ranges
 from targets.activation_ranges import mse_optimal_range, percentile_range
 
 
@@ -37,7 +37,7 @@ def run(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:
 
 
 def small_channel_peak(model: onnx.ModelProto, batch: np.ndarray) -> float:
-    from targets.equalize import _channel_peaks
+    from graph.passes.equalize import _channel_peaks
 
     first_conv_output = next(n for n in model.graph.node if n.op_type == "Conv").output[0]
     return float(_channel_peaks(model, [first_conv_output], batch)[0][:4].max())
@@ -95,7 +95,7 @@ def conv_outputs_with_weights(model: onnx.ModelProto, batch: np.ndarray) -> list
 def nearest_rounded(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnx import numpy_helper
 
-    from targets.weight_rounding import channel_scales
+    from graph.passes.weight_rounding import channel_scales
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     conv_weights = {node.input[1] for node in model.graph.node if node.op_type == "Conv"}
@@ -121,7 +121,7 @@ def photo_batch(count: int, seed: int, size: int = 8) -> np.ndarray:
 def test_weight_rounding_lands_on_tflites_grid_and_beats_nearest_rounding(tmp_path):
     from onnx import numpy_helper
 
-    from targets.weight_rounding import LEVELS, channel_scales, round_weights_to_int8_grid
+    from graph.passes.weight_rounding import LEVELS, channel_scales, round_weights_to_int8_grid
 
     model = to_onnx(skewed_chain(nn.ReLU6()), tmp_path / "chain.onnx")
     calibration, held_out = photo_batch(64, seed=0), photo_batch(32, seed=1)
@@ -147,7 +147,7 @@ def test_weight_rounding_lands_on_tflites_grid_and_beats_nearest_rounding(tmp_pa
 
 
 def test_inner_tensors_returns_the_samples_for_the_graph_input(tmp_path):
-    from targets.onnx_probe import inner_tensors
+    from graph.onnx_run import inner_tensors
 
     model = to_onnx(skewed_chain(nn.ReLU()), tmp_path / "chain.onnx")
     samples = photo_batch(3, seed=2)

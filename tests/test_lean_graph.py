@@ -20,7 +20,7 @@ from exporter.zoo._blocks import channel_shuffle
 from exporter.zoo.shufflenet_v1 import ShuffleUnit
 from exporter.zoo.shufflenet_v2 import InvertedResidual
 from core.artifact import ConversionJob, OnnxModel
-from targets.lean_graph import lean_graph, with_lean_graph
+from graph.passes.lean_graph import lean_graph, with_lean_graph
 
 SIZE = 32
 CONTRACT = InputContract(input_shape=(1, 3, SIZE, SIZE), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from core.errors import InputError
-from validation import graph_cost as gc
+from graph import cost as gc
 from validation.profiles import BUILTIN_PROFILES_DIR, load_profiles
 from validation.projection import MODELS_DIR, Projection, calibration_latencies, fit_device, project_latency
 

@@ -36,6 +36,7 @@ from core.contract import InputContract
 from exporter.datasets import DatasetPlan, build_datasets, validation_tensors
 from core.errors import InputError
 from core.manifest import MANIFEST_NAME
+from graph.onnx_view import OnnxView
 from validation.explain_graphs import PASS_THROUGH, ArtifactOp, load_artifact_graph
 
 EXPLAINABLE_RUNTIMES = ("tflite", "ncnn", "coreml")
@@ -212,7 +213,7 @@ def _reference_graph(model_dir: Path, manifest: dict, entry: dict, calibration: 
     recorded_pairs = recipe.get("equalized_layer_pairs", 0)
     if entry["precision"] != "int8" or not recorded_pairs:
         return model, text, []
-    from targets.equalize import equalize_activation_ranges
+    from graph.passes.equalize import equalize_activation_ranges
 
     model, pairs = equalize_activation_ranges(model, calibration)
     notes = []
@@ -245,39 +246,14 @@ ONNX_WEIGHTED = ("Conv", "Gemm", "MatMul")
 ONNX_ACTIVATIONS = ("Relu", "Clip", "Relu6")
 
 
-@dataclass
-class OnnxGraph:
-    model: object
-    producers: dict = field(init=False)
-    consumers: dict = field(init=False)
-    constants: set = field(init=False)
-    initializers: dict = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.initializers = {init.name: init for init in self.model.graph.initializer}
-        self.constants = set(self.initializers) | {
-            node.output[0] for node in self.model.graph.node if node.op_type == "Constant"
-        }
-        self.producers = {out: node for node in self.model.graph.node for out in node.output}
-        self.consumers = {}
-        for node in self.model.graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-
-    @property
-    def input_name(self) -> str:
-        return next(i.name for i in self.model.graph.input if i.name not in self.initializers)
-
-    def data_inputs(self, node) -> tuple[str, ...]:
-        return tuple(name for name in node.input if name and name not in self.constants)
+class OnnxGraph(OnnxView):
+    """The reference graph, with the questions pairing asks of it."""
 
     def weight(self, node) -> np.ndarray | None:
         """A weighted node's constant weight in the layout TFLite's is brought to (OIHW, or out x in)."""
-        from onnx import numpy_helper
-
         if node.op_type not in ONNX_WEIGHTED or len(node.input) < 2 or node.input[1] not in self.initializers:
             return None
-        weight = numpy_helper.to_array(self.initializers[node.input[1]]).astype(np.float32)
+        weight = self.array(node.input[1]).astype(np.float32)
         transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
         if node.op_type in ("Gemm", "MatMul") and not transposed:
             weight = weight.T
@@ -403,7 +379,7 @@ class _Sums:
 
 
 def _measure(reference_model, artifact, pairs: list[LayerPair], samples: np.ndarray):
-    from targets.onnx_probe import inner_tensors
+    from graph.onnx_run import inner_tensors
 
     names = list(dict.fromkeys(pair.onnx_tensor for pair in pairs))
     batch = _onnx_batch(reference_model)

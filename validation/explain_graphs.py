@@ -144,7 +144,7 @@ NCNN_KINDS = {
     "ReLU": "RELU", "Clip": "RELU6", "Concat": "CONCATENATION", "Sigmoid": "LOGISTIC", "HardSwish": "HARD_SWISH",
     "Softmax": "SOFTMAX", "TanH": "TANH", "Reduction": "MEAN", "Split": "SPLIT",
 }
-NCNN_BINARY_OPS = {"0": "ADD", "1": "SUB", "2": "MUL", "3": "DIV"}
+NCNN_BINARY_OPS = {0: "ADD", 1: "SUB", 2: "MUL", 3: "DIV"}
 
 
 class NcnnGraph:
@@ -156,7 +156,7 @@ class NcnnGraph:
     def __init__(self, param: Path, weights: Path, precision: str):
         from targets.ncnn import NcnnRunner, read_param
 
-        self.input = read_param(param).input_blob
+        self.input = read_param(param).inputs[0]
         self._runner = NcnnRunner(param, weights, precision)  # the options parity ran the artifact with
         self._labels: dict[str, str] = {}
         self.ops = tuple(self._layers(param))
@@ -165,17 +165,14 @@ class NcnnGraph:
         return self._labels.get(blob, blob)
 
     def _layers(self, param: Path):
-        lines = param.read_text(encoding="utf-8", errors="replace").split("\n")[2:]
-        for index, fields in enumerate(line.split() for line in lines if len(line.split()) >= 4):
-            layer_type, name, bottoms_count, tops_count = fields[0], fields[1], int(fields[2]), int(fields[3])
-            bottoms = tuple(fields[4 : 4 + bottoms_count])
-            tops = tuple(fields[4 + bottoms_count : 4 + bottoms_count + tops_count])
-            params = dict(item.split("=", 1) for item in fields[4 + bottoms_count + tops_count :] if "=" in item)
-            self._labels.update({top: f"{name}:{top}" for top in tops})
-            kind = _ncnn_kind(layer_type, params)
-            weight_shape = _ncnn_weight_shape(kind, params)
-            activation = params.get("9", "0") != "0"
-            yield ArtifactOp(index, f"{layer_type} {name}", kind, bottoms, tops, weight_shape, None, activation)
+        from graph.ncnn_param import parse_ncnn_param
+
+        for index, layer in enumerate(parse_ncnn_param(param)):
+            self._labels.update({top: f"{layer.name}:{top}" for top in layer.outputs})
+            kind = _ncnn_kind(layer)
+            activation = layer.get(9, 0) != 0
+            yield ArtifactOp(index, f"{layer.type} {layer.name}", kind, layer.inputs, layer.outputs,
+                             _ncnn_weight_shape(kind, layer), None, activation)
 
     def run(self, batch_nchw: np.ndarray, blobs: list[str]) -> dict[str, np.ndarray]:
         """{blob: float32 value with a batch axis}, one sample at a time (ncnn has no batch axis)."""
@@ -194,26 +191,26 @@ class NcnnGraph:
         return {blob: np.stack(arrays) for blob, arrays in values.items()}
 
 
-def _ncnn_kind(layer_type: str, params: dict[str, str]) -> str:
-    if layer_type == "BinaryOp":
-        return NCNN_BINARY_OPS.get(params.get("0", "0"), "BINARY_OP")
-    if layer_type == "Pooling":
-        average, global_pooling = params.get("0", "0") == "1", params.get("4", "0") == "1"
+def _ncnn_kind(layer) -> str:
+    if layer.type == "BinaryOp":
+        return NCNN_BINARY_OPS.get(layer.get(0, 0), "BINARY_OP")
+    if layer.type == "Pooling":
+        average, global_pooling = layer.get(0, 0) == 1, layer.get(4, 0) == 1
         return ("MEAN" if global_pooling else "AVERAGE_POOL_2D") if average else "MAX_POOL_2D"
-    return NCNN_KINDS.get(layer_type, layer_type)
+    return NCNN_KINDS.get(layer.type, layer.type)
 
 
-def _ncnn_weight_shape(kind: str, params: dict[str, str]) -> tuple[int, ...] | None:
+def _ncnn_weight_shape(kind: str, layer) -> tuple[int, ...] | None:
     """The weight's shape in ONNX layout, from ncnn's num_output (0), kernel (1, 11) and weight_data_size
     (6 for convolutions, 2 for InnerProduct)."""
-    size_key = "2" if kind == "FULLY_CONNECTED" else "6"
-    if kind not in WEIGHTED_KINDS or size_key not in params:
+    size_key = 2 if kind == "FULLY_CONNECTED" else 6
+    if kind not in WEIGHTED_KINDS or size_key not in layer.params:
         return None
-    outputs, size = int(params.get("0", "0")), int(params[size_key])
+    outputs, size = int(layer.get(0, 0)), int(layer.params[size_key])
     if kind == "FULLY_CONNECTED":
         return (outputs, size // max(outputs, 1))
-    kernel_w = int(params.get("1", "0"))
-    kernel_h = int(params.get("11", kernel_w))
+    kernel_w = int(layer.get(1, 0))
+    kernel_h = int(layer.get(11, kernel_w))
     return (outputs, size // max(outputs * kernel_h * kernel_w, 1), kernel_h, kernel_w)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InputError
-from validation.graph_cost import KINDS, GraphCost, graph_cost
+from graph.cost import KINDS, GraphCost, graph_cost
 from validation.profiles import Calibration, DeviceProfile
 
 DEVICE_DATA = Path(__file__).resolve().parent / "device_data"

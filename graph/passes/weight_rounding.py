@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from targets.onnx_probe import conv_group, inner_tensors
+from graph.onnx_run import inner_tensors
+from graph.onnx_view import OnnxView, conv_group
 
 LEVELS = 127  # symmetric int8 weights, narrow range, as TFLite quantizes them
 DAMPING = 0.01  # fraction of the mean diagonal added to H: keeps the inverse stable on few samples
@@ -33,29 +34,25 @@ class RoundedLayer:
 def round_weights_to_int8_grid(model, calibration_nchw: np.ndarray):
     """Returns (copy of the ONNX model with grid-aligned Conv weights, list of RoundedLayer)."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    initializers = {init.name: init for init in model.graph.initializer}
-    users: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
+    view = OnnxView(model)
+    initializers = view.initializers
     convs = [
         node for node in model.graph.node
-        if node.op_type == "Conv" and node.input[1] in initializers and users[node.input[1]] == 1
+        if node.op_type == "Conv" and node.input[1] in initializers and view.use_count(node.input[1]) == 1
     ]
     if not convs:
         return model, []
     hessians = _patch_hessians(model, convs, calibration_nchw[:MAX_SAMPLES])
     rounded = []
     for conv, hessian in zip(convs, hessians):
-        weights = numpy_helper.to_array(initializers[conv.input[1]]).astype(np.float64)
+        weights = view.array(conv.input[1]).astype(np.float64)
         depthwise = conv_group(conv) > 1
         if depthwise and weights.shape[1] != 1:
             continue  # grouped (not depthwise) convolutions keep nearest rounding
         grid_weights = _round_depthwise(weights, hessian) if depthwise else _round_dense(weights, hessian)
-        initializers[conv.input[1]].CopyFrom(numpy_helper.from_array(grid_weights.astype(np.float32), conv.input[1]))
+        view.replace_initializer(conv.input[1], grid_weights)
         rounded.append(RoundedLayer(conv.name, depthwise, int(np.prod(weights.shape[1:]))))
     return model, rounded
 
@@ -127,11 +124,10 @@ def _conv_geometry(conv, kernel: tuple[int, int]) -> dict:
 def _patch_hessians(model, convs, samples: np.ndarray) -> list[np.ndarray]:
     """For every conv: sum over calibration patches of patch patchᵀ (per channel for depthwise)."""
     import torch
-    from onnx import numpy_helper
 
-    initializers = {init.name: init for init in model.graph.initializer}
+    view = OnnxView(model)
     names = list(dict.fromkeys(conv.input[0] for conv in convs))
-    shapes = [numpy_helper.to_array(initializers[conv.input[1]]).shape for conv in convs]
+    shapes = [view.array(conv.input[1]).shape for conv in convs]
     geometries = [_conv_geometry(conv, shape[2:]) for conv, shape in zip(convs, shapes)]
     sums: list[np.ndarray | None] = [None] * len(convs)
     for tensors in inner_tensors(model, names, samples):

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from targets.onnx_probe import conv_group, inner_tensors
+from graph.onnx_run import inner_tensors
+from graph.onnx_view import OnnxView, conv_group
 
 # Scaled calibration peaks stay at half the clip: photos brighter than the calibration set then still
 # pass the ReLU6 unclipped (measured on held-out photos: 0.95 left a float deviation of cosine 0.996).
@@ -93,37 +94,20 @@ def _channel_peaks(model, tensor_names: list[str], samples: np.ndarray, absolute
     return peaks
 
 
-class _GraphIndex:
-    """Producers, consumers and initializers of an ONNX graph, and in-place weight edits."""
-
-    def __init__(self, model):
-        from onnx import numpy_helper
-
-        self._numpy_helper = numpy_helper
-        self.model = model
-        self.initializers = {init.name: init for init in model.graph.initializer}
-        self.constants = {
-            node.output[0]: numpy_helper.to_array(node.attribute[0].t)
-            for node in model.graph.node
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"
-        }
-        self.consumers: dict[str, list] = {}
-        for node in model.graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.graph_outputs = {output.name for output in model.graph.output}
+class _GraphIndex(OnnxView):
+    """The graph view with equalization's questions about it, and its in-place weight edits."""
 
     def chain_after(self, conv_a):
         """(Conv_a, clip top, Conv_b, depthwise) when Conv_a → ReLU/ReLU6 → Conv_b is a private chain."""
         if len(conv_a.input) < 3 or not self._private_weights(conv_a):
             return None
-        activation = self._only_consumer(conv_a.output[0])
+        activation = self.only_consumer(conv_a.output[0])
         if activation is None or activation.op_type not in ("Relu", "Clip"):
             return None
         clip_top = self._clip_top(activation)
         if clip_top is None:
             return None
-        conv_b = self._only_consumer(activation.output[0])
+        conv_b = self.only_consumer(activation.output[0])
         if conv_b is None or conv_b.op_type != "Conv" or conv_b.input[0] != activation.output[0]:
             return None
         if not self._private_weights(conv_b, need_bias=False):
@@ -139,30 +123,29 @@ class _GraphIndex:
     def linear_streams(self) -> list[tuple[list[str], list, list]]:
         """Groups of tensors joined by Add, written only by 1x1/any Convs with private weights and read
         only by Adds and group-1 Convs: (tensors, writer convs, reader convs)."""
-        producers = {out: node for node in self.model.graph.node for out in node.output}
         seen: set[str] = set()
         streams = []
         for node in self.model.graph.node:
             if node.op_type != "Add" or node.output[0] in seen:
                 continue
-            stream = self._collect_stream(node.output[0], producers)
+            stream = self._collect_stream(node.output[0])
             seen.update(stream[0] if stream else [node.output[0]])
             if stream:
                 streams.append(stream)
         return streams
 
-    def _collect_stream(self, start: str, producers: dict):
+    def _collect_stream(self, start: str):
         tensors, writers, readers, pending = [], [], [], [start]
         while pending:
             tensor = pending.pop()
             if tensor in tensors:
                 continue
             tensors.append(tensor)
-            producer = producers.get(tensor)
+            producer = self.producers.get(tensor)
             if producer is None or tensor in self.graph_outputs:
                 return None
             if producer.op_type == "Add":
-                if any(name in self.initializers or name in self.constants for name in producer.input):
+                if any(name in self.constants for name in producer.input):
                     return None
                 pending += list(producer.input)
             elif producer.op_type == "Conv" and len(producer.input) == 3 and self._private_weights(producer):
@@ -182,10 +165,6 @@ class _GraphIndex:
         group = conv_group(conv)
         return group == 1 and self._private_weights(conv, need_bias=False)
 
-    def _only_consumer(self, tensor: str):
-        consumers = self.consumers.get(tensor, [])
-        return consumers[0] if len(consumers) == 1 and tensor not in self.graph_outputs else None
-
     def _private_weights(self, conv, need_bias: bool = True) -> bool:
         names = conv.input[1:3] if need_bias else conv.input[1:2]
         return all(name in self.initializers and len(self.consumers.get(name, [])) == 1 for name in names)
@@ -202,24 +181,15 @@ class _GraphIndex:
         return high
 
     def _scalar(self, name: str) -> float | None:
-        if name in self.initializers:
-            return float(self.array(name).reshape(-1)[0])
-        if name in self.constants:
-            return float(self.constants[name].reshape(-1)[0])
-        return None
-
-    def array(self, name: str) -> np.ndarray:
-        return self._numpy_helper.to_array(self.initializers[name])
-
-    def _replace(self, name: str, values: np.ndarray) -> None:
-        self.initializers[name].CopyFrom(self._numpy_helper.from_array(values.astype(np.float32), name))
+        value = self.constant_value(name)
+        return None if value is None else float(value.reshape(-1)[0])
 
     def scale_output_channels(self, conv, scales: np.ndarray) -> None:
         weights = self.array(conv.input[1])
-        self._replace(conv.input[1], weights * scales.reshape(-1, *([1] * (weights.ndim - 1))))
-        self._replace(conv.input[2], self.array(conv.input[2]) * scales)
+        self.replace_initializer(conv.input[1], weights * scales.reshape(-1, *([1] * (weights.ndim - 1))))
+        self.replace_initializer(conv.input[2], self.array(conv.input[2]) * scales)
 
     def scale_input_channels(self, conv, scales: np.ndarray, depthwise: bool) -> None:
         weights = self.array(conv.input[1])
         shape = (-1, *([1] * (weights.ndim - 1))) if depthwise else (1, -1, *([1] * (weights.ndim - 2)))
-        self._replace(conv.input[1], weights * scales.reshape(shape))
+        self.replace_initializer(conv.input[1], weights * scales.reshape(shape))

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from core.errors import InputError
+from graph.ncnn_param import NcnnLayer, parse_ncnn_param
+from graph.onnx_view import OnnxView, static_shape
 
 # Input sizes benchncnn feeds each network (benchmark/benchncnn.cpp, `benchmark("name", ncnn::Mat(w, h, c))`);
 # three of the .param files carry no shape hints, so this is the only place their size is stated.
@@ -77,52 +79,7 @@ def graph_cost(path: Path, precision: str = "fp32", input_shape: Shape | None = 
 
 # ---------------------------------------------------------------------------------------------- ncnn .param
 
-@dataclass(frozen=True)
-class NcnnLayer:
-    type: str
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    params: dict[int, object]  # int/float, or a tuple for array params (key stored without the -23300 offset)
-
-    def get(self, key: int, default: object = 0) -> object:
-        return self.params.get(key, default)
-
-    def array(self, key: int) -> tuple:
-        value = self.params.get(key, ())
-        return value if isinstance(value, tuple) else (value,)
-
-
-_ARRAY_KEY_BASE = -23300  # ncnn writes array parameter k as key -23300 - k, "count,v1,v2,..."
 SHAPE_HINT_KEY = 30  # -23330: output shapes written by the converter, "4*outputs, (dims, w, h, c) per output"
-
-
-def parse_ncnn_param(path: Path) -> tuple[NcnnLayer, ...]:
-    lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines or lines[0] != ["7767517"]:
-        raise InputError(f"{path} is not an ncnn text .param file (no 7767517 magic)",
-                         hint="pass the .param file written next to the .bin")
-    layers = []
-    for fields in lines[2:]:
-        layer_type, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
-        inputs = tuple(fields[4:4 + n_in])
-        outputs = tuple(fields[4 + n_in:4 + n_in + n_out])
-        params = dict(_parse_param(item) for item in fields[4 + n_in + n_out:])
-        layers.append(NcnnLayer(layer_type, name, inputs, outputs, params))
-    return tuple(layers)
-
-
-def _parse_param(item: str) -> tuple[int, object]:
-    key_text, value_text = item.split("=", 1)
-    key = int(key_text)
-    if key <= _ARRAY_KEY_BASE:
-        values = tuple(_number(v) for v in value_text.split(",")[1:])
-        return _ARRAY_KEY_BASE - key, values
-    return key, _number(value_text)
-
-
-def _number(text: str) -> int | float:
-    return float(text) if any(ch in text for ch in ".eE") and not text.lstrip("-").isdigit() else int(text)
 
 
 def _hinted_shapes(layer: NcnnLayer) -> list[Shape] | None:
@@ -479,24 +436,20 @@ def _onnx_cost(path: Path, precision: str) -> GraphCost:
         model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     except Exception as error:  # onnx raises a zoo of types for a damaged file
         raise InputError(f"{path}: cannot be loaded as ONNX: {error}", hint="pass the exported .onnx") from error
+    view = OnnxView(model)
     graph = model.graph
-    shapes = {value.name: _onnx_shape(value) for value in (*graph.input, *graph.value_info, *graph.output)}
+    shapes = {value.name: static_shape(value) for value in (*graph.input, *graph.value_info, *graph.output)}
     initializers = {init.name: tuple(init.dims) for init in graph.initializer}
     shapes.update(initializers)
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    producers = {output: node for node in graph.node for output in node.output}
     layers = []
     for node in graph.node:
         if node.op_type in ("Constant", "Identity", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast"):
             continue
-        if node.op_type in _FUSED_ACTIVATIONS and _fuses_into_producer(node, producers, consumers):
+        if node.op_type in _FUSED_ACTIVATIONS and _fuses_into_producer(node, view):
             continue
         layers.append(_onnx_layer_cost(node, shapes, initializers, precision))
     # ncnn inserts a Split layer for every blob read by more than one layer
-    splits = sum(1 for name, count in consumers.items() if count > 1 and name not in initializers)
+    splits = sum(1 for name, readers in view.consumers.items() if len(readers) > 1 and name not in initializers)
     layers.extend(LayerCost(f"split{i}", "Split", "other", 0, 0, 0, precision) for i in range(splits))
     real_inputs = [value for value in graph.input if value.name not in initializers]
     if not real_inputs:
@@ -504,17 +457,10 @@ def _onnx_cost(path: Path, precision: str) -> GraphCost:
     return GraphCost(path.stem, shapes[real_inputs[0].name][1:], tuple(layers))
 
 
-def _onnx_shape(value) -> Shape | None:
-    dims = value.type.tensor_type.shape.dim
-    if not dims or any(not d.HasField("dim_value") for d in dims):
-        return None
-    return tuple(d.dim_value for d in dims)
-
-
-def _fuses_into_producer(node, producers: dict, consumers: dict[str, int]) -> bool:
-    producer = producers.get(node.input[0])
+def _fuses_into_producer(node, view: OnnxView) -> bool:
+    producer = view.producers.get(node.input[0])
     return (producer is not None and producer.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
-            and consumers.get(node.input[0], 0) == 1)
+            and view.use_count(node.input[0]) == 1)
 
 
 def _onnx_layer_cost(node, shapes: dict, initializers: dict, precision: str) -> LayerCost:

@@ -1,4 +1,4 @@
-"""ONNX graph reading for the int8 preparation passes: conv attributes, inner tensors on calibration samples."""
+"""Inner tensors of an ONNX graph on calibration samples, computed by ONNX Runtime."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -6,11 +6,6 @@ from typing import Iterator
 import numpy as np
 
 from core.artifact import VALIDATION_THREADS
-
-
-def conv_group(conv) -> int:
-    """An ONNX Conv node's `group` attribute (1 when absent)."""
-    return next((a.i for a in conv.attribute if a.name == "group"), 1)
 
 
 def inner_tensors(model, tensor_names: list[str], samples: np.ndarray) -> Iterator[dict[str, np.ndarray]]:

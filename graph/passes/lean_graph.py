@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from core.artifact import ConversionJob
+from graph.onnx_view import OnnxView, attribute
 
 CHANNEL_AXIS = 1
 LEAN_FOLDER = "lean_source"
@@ -80,34 +81,21 @@ def lean_graph(model) -> tuple[object, LeanGraphReport]:
     return model, report
 
 
-class _Graph:
-    """One ONNX graph with its constants and static shapes at hand, and edits that keep the nodes in order."""
+class _Graph(OnnxView):
+    """The graph view with static shapes at hand, and edits that keep the nodes in order (each re-indexes)."""
 
     def __init__(self, model):
-        from onnx import numpy_helper
-
-        self.graph = model.graph
-        self.constants = {init.name: numpy_helper.to_array(init) for init in self.graph.initializer}
-        self.shapes = {}
-        for info in [*self.graph.input, *self.graph.value_info, *self.graph.output]:
-            dims = info.type.tensor_type.shape.dim
-            if dims and all(d.HasField("dim_value") for d in dims):
-                self.shapes[info.name] = tuple(d.dim_value for d in dims)
-        self.outputs = {output.name for output in self.graph.output}
+        super().__init__(model)
+        self.shapes = self.static_shapes()
         self._names = 0
-
-    def consumers(self, tensor: str) -> list:
-        return [node for node in self.graph.node if tensor in node.input]
 
     def sole_consumer(self, tensor: str, op_type: str):
         """The one node reading `tensor`, if it is an `op_type` and nothing else (not even the graph) reads it."""
-        readers = self.consumers(tensor)
-        if len(readers) == 1 and readers[0].op_type == op_type and tensor not in self.outputs:
-            return readers[0]
-        return None
+        reader = self.only_consumer(tensor)
+        return reader if reader is not None and reader.op_type == op_type else None
 
     def constant(self, name: str):
-        return self.constants.get(name) if name else None
+        return self.array(name) if name in self.initializers else None
 
     def add_constant(self, stem: str, value: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -115,7 +103,7 @@ class _Graph:
         self._names += 1
         name = f"lean_graph/{stem}_{self._names}"
         self.graph.initializer.append(numpy_helper.from_array(value, name))
-        self.constants[name] = value
+        self.reindex()
         return name
 
     def replace_nodes(self, old: list, new: list) -> None:
@@ -130,9 +118,10 @@ class _Graph:
                 rebuilt.append(_copy(node))
         del self.graph.node[:]
         self.graph.node.extend(rebuilt)
+        self.reindex()
 
     def drop_unused(self) -> None:
-        used = {name for node in self.graph.node for name in node.input} | self.outputs
+        used = {name for node in self.graph.node for name in node.input} | self.graph_outputs
         produced = {name for node in self.graph.node for name in node.output}
         initializers = [init for init in self.graph.initializer if init.name in used]
         del self.graph.initializer[:]
@@ -140,6 +129,7 @@ class _Graph:
         infos = [info for info in self.graph.value_info if info.name in produced]
         del self.graph.value_info[:]
         self.graph.value_info.extend(infos)
+        self.reindex()
 
 
 def _copy(node):
@@ -185,7 +175,7 @@ def _channel_permutation(graph: _Graph, first, transpose, last) -> np.ndarray | 
     positions = np.arange(int(np.prod(shape))).reshape(shape)
     try:
         moved = positions.reshape(_reshape_target(graph, first, shape))
-        moved = moved.transpose(_attribute(transpose, "perm", None))
+        moved = moved.transpose(attribute(transpose, "perm", None))
         moved = moved.reshape(_reshape_target(graph, last, moved.shape))
     except (TypeError, ValueError):
         return None
@@ -201,7 +191,7 @@ def _reshape_target(graph: _Graph, reshape, input_shape: tuple[int, ...]) -> tup
     target = graph.constant(reshape.input[1])
     if target is None:
         raise ValueError("the Reshape's shape is not a constant")
-    allow_zero = _attribute(reshape, "allowzero", 0) == 1
+    allow_zero = attribute(reshape, "allowzero", 0) == 1
     return tuple(
         input_shape[axis] if size == 0 and not allow_zero else int(size) for axis, size in enumerate(target.tolist())
     )
@@ -214,10 +204,10 @@ def _slices_of_gathers(graph: _Graph) -> int:
     rewritten = 0
     for gather in [node for node in graph.graph.node if node.op_type == "Gather"]:
         indices = graph.constant(gather.input[1])
-        channel_gather = _attribute(gather, "axis", 0) == CHANNEL_AXIS and gather.output[0] not in graph.outputs
+        channel_gather = attribute(gather, "axis", 0) == CHANNEL_AXIS and gather.output[0] not in graph.graph_outputs
         if indices is None or indices.ndim != 1 or not channel_gather:
             continue
-        readers = graph.consumers(gather.output[0])
+        readers = graph.consumers.get(gather.output[0], [])
         ranges = [_channel_slice(graph, reader) for reader in readers]
         if not readers or any(r is None for r in ranges):
             continue
@@ -275,17 +265,10 @@ def _zero_pad_max_pools(graph: _Graph) -> int:
     return rewritten
 
 
-def _attribute(node, name: str, default):
-    from onnx import helper
-
-    found = next((a for a in node.attribute if a.name == name), None)
-    return default if found is None else helper.get_attribute_value(found)
-
-
 def _plain_max_pool(pool) -> bool:
     """Explicit pads only, no dilation, one output."""
-    auto_pad = _attribute(pool, "auto_pad", b"NOTSET")
-    dilations = _attribute(pool, "dilations", None)
+    auto_pad = attribute(pool, "auto_pad", b"NOTSET")
+    dilations = attribute(pool, "dilations", None)
     return (auto_pad in (b"NOTSET", "NOTSET", b"", "") and (dilations is None or all(d == 1 for d in dilations))
             and len(pool.output) == 1)
 
@@ -294,10 +277,10 @@ def _padding_read(graph: _Graph, pool) -> list[int] | None:
     """The pool's pads (begin..., end...), with ceil mode's extra last windows (SqueezeNet's pools) as more
     end padding: a zero Pad of that size and a floor-mode pool give the same windows. None when ceil mode
     meets unknown shapes."""
-    kernel = list(_attribute(pool, "kernel_shape", []))
-    strides = list(_attribute(pool, "strides", [1] * len(kernel)))
-    pads = list(_attribute(pool, "pads", [0] * 2 * len(kernel)))
-    if not _attribute(pool, "ceil_mode", 0):
+    kernel = list(attribute(pool, "kernel_shape", []))
+    strides = list(attribute(pool, "strides", [1] * len(kernel)))
+    pads = list(attribute(pool, "pads", [0] * 2 * len(kernel)))
+    if not attribute(pool, "ceil_mode", 0):
         return pads
     in_shape, out_shape = graph.shapes.get(pool.input[0]), graph.shapes.get(pool.output[0])
     if in_shape is None or out_shape is None:
@@ -312,7 +295,7 @@ def _padding_read(graph: _Graph, pool) -> list[int] | None:
 def _non_negative(graph: _Graph, tensor: str) -> bool:
     """Whether `tensor` is never negative: made by a ReLU or a Clip at >= 0, or a Concat or MaxPool of such
     tensors (SqueezeNet's fire modules concatenate two ReLU outputs before a pool)."""
-    producer = next((node for node in graph.graph.node if tensor in node.output), None)
+    producer = graph.producers.get(tensor)
     if producer is None:
         return False
     if producer.op_type == "Relu":
