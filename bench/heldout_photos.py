@@ -60,7 +60,7 @@ def photo_sets(export, folder: Path | None = None) -> list[PhotoSet]:
     1000 classes."""
     from exporter.datasets import ten_crop_tensors
     from exporter.images import imagenet_label, imagenet_sample_photos, load_photos
-    from exporter.onnx_stage import OnnxRuntimeRunner
+    from targets.onnx import OnnxRuntimeRunner
 
     description = export.datasets.description
     own_photos = set(description.get("validation_photos", []))
@@ -99,11 +99,12 @@ def measure(model_dir: Path, folder: Path | None = None) -> list[HeldOutRow]:
 
 def _runner(model_dir: Path, entry: dict):
     """A Runner for a manifest artifact, or None (printed) for the reference itself and what cannot run here."""
+    from core.artifact import Artifact
     from core.errors import MobileExportError
     from exporter.loading import open_runner
-    from core.artifact import Artifact
+    from targets import get_target
 
-    if entry["runtime"] == "onnx":
+    if get_target(entry["runtime"]).interchange:
         return None
     files = [model_dir / record["path"] for record in entry["files"]]
     artifact = Artifact(files[0], entry["runtime"], entry["precision"], tuple(files[1:]), entry.get("details", {}))

@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.errors import MobileExportError  # noqa: E402
+from targets import REGISTRY, get_target  # noqa: E402
 from validation import host_bench  # noqa: E402
 from validation.fps_gate import load_export, measure_artifact_on_host  # noqa: E402
 
@@ -26,7 +27,8 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=20.0, help="most seconds of timed runs per artifact")
     args = parser.parse_args()
     try:
-        model = load_export(args.model_dir, runtimes=host_bench.HOST_RUNTIMES)
+        timed_here = tuple(name for name, target in REGISTRY.items() if target.why_not_timed_here() is None)
+        model = load_export(args.model_dir, runtimes=timed_here)
     except MobileExportError as error:
         print(f"error: {error.message}\n  fix: {error.hint or 'make export TARGET=android'}", file=sys.stderr)
         return 2
@@ -36,7 +38,7 @@ def main() -> int:
     for artifact in model.artifacts:
         print(f"· timing {artifact.path} ...", file=sys.stderr)
         measured.append((artifact, measure_artifact_on_host(model, artifact, args.threads, rule)))
-    reference = next((m for a, m in measured if a.runtime == "onnx"), None)
+    reference = next((m for a, m in measured if get_target(a.runtime).interchange), None)
     print(f"\nhost FPS of {model.name}: {args.threads} thread(s), {info['cpu']}, {info['logical_cores']} logical cores, "
           f"load {info['load_average_1min']}")
     print(f"{'artifact':<32} {'runtime':<7} {'prec':<5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'FPS':>7} "

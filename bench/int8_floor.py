@@ -24,12 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.onnx2tf_by_hand import ExportInputs, rebuild_export_inputs  # noqa: E402
-from exporter.onnx_stage import OnnxRuntimeRunner, describe  # noqa: E402
+from exporter.onnx_stage import describe  # noqa: E402
+from targets.onnx import OnnxRuntimeRunner  # noqa: E402
 
 
 def measure(model_dir: Path, with_int16: bool) -> list[tuple[str, dict]]:
-    from targets.tflite import LiteRTRunner
     from core.parity import DEFAULT_THRESHOLDS, compare
+    from targets.tflite.runner import LiteRTRunner
 
     export = rebuild_export_inputs(model_dir)
     validation, gate = export.datasets.validation, DEFAULT_THRESHOLDS["int8"]
@@ -57,12 +58,12 @@ def _int8_ready_graph(export: ExportInputs, scratch: Path):
     """The ConversionJob the TFLite target sees, and the int8-ready ONNX it quantizes from."""
     from core.artifact import ConversionJob
     from graph.passes.lean_graph import with_lean_graph
-    from targets.tflite import _int8_ready_onnx
+    from targets.tflite.convert import int8_ready_onnx
 
     job = with_lean_graph(ConversionJob(onnx=export.onnx_model, contract=export.spec.contract,
                                         calibration=export.datasets.calibration, workdir=scratch,
                                         log_path=scratch / "log.txt"))
-    path, _ = _int8_ready_onnx(job)
+    path, _ = int8_ready_onnx(job)
     return job, path
 
 
@@ -73,7 +74,7 @@ def _int16_activations(model_dir: Path, manifest: dict, job, int8_ready: Path) -
     import tensorflow as tf
     from tensorflow.lite.python.optimize import calibrator
 
-    from targets.tflite_weights import substitute_edited_weights
+    from targets.tflite.weights import substitute_edited_weights
 
     fp32 = _tflite_entry(manifest, "fp32")
     float_model = substitute_edited_weights((model_dir / fp32["path"]).read_bytes(), onnx.load(str(job.onnx.path)),

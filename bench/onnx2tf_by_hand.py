@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.zoo_matrix import PAD_OPS, TRANSPOSE_OPS, MatrixRow, count_ops, plan_runs, select_models  # noqa: E402
+from bench.zoo_matrix import MatrixRow, count_ops, plan_runs, select_models  # noqa: E402
 
 TABLE_NAME = "onnx2tf_by_hand"
 ARTIFACT = "tflite int8"  # the zoo matrix row this one is the "before" of
@@ -52,7 +52,8 @@ def rebuild_export_inputs(model_dir: Path) -> ExportInputs:
     """For exports made with `--model` alone (zoo models, default flags), like the zoo matrix's."""
     from exporter.config import build_spec
     from exporter.datasets import DatasetPlan, build_datasets
-    from exporter.onnx_stage import OnnxRuntimeRunner, describe
+    from exporter.onnx_stage import describe
+    from targets.onnx import OnnxRuntimeRunner
 
     manifest = json.loads((model_dir / "manifest.json").read_text())
     spec = build_spec({"model": manifest["model"]["source"]})
@@ -63,8 +64,9 @@ def rebuild_export_inputs(model_dir: Path) -> ExportInputs:
 
 
 def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
-    from targets.tflite import LiteRTRunner, describe_tflite
     from core.parity import DEFAULT_THRESHOLDS, compare
+    from targets.tflite import TFLiteTarget
+    from targets.tflite.runner import LiteRTRunner, describe_tflite
 
     export = rebuild_export_inputs(model_dir)
     with tempfile.TemporaryDirectory(prefix="onnx2tf-by-hand-") as scratch:
@@ -80,7 +82,7 @@ def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
         model=model, weights=weights_kind, artifact=ARTIFACT, exit_code=0, cosine=parity.cosine,
         top1_agreement=parity.top1_agreement, passed=parity.passed, megabytes=round(megabytes, 3),
         convert_seconds=round(seconds, 1), export_seconds=round(seconds, 1),
-        transposes=count_ops(ops, TRANSPOSE_OPS["tflite"]), pads=count_ops(ops, PAD_OPS["tflite"]),
+        transposes=count_ops(ops, TFLiteTarget.layout_ops), pads=count_ops(ops, TFLiteTarget.pad_ops),
         failures="; ".join(parity.failures),
     )
 
@@ -89,7 +91,7 @@ def _onnx2tf_int8(onnx_model, calibration_nchw: np.ndarray, contract, scratch: P
     """onnx2tf's -oiqt with the calibration photos given as it asks: NHWC in [0, 1], with the mean and std."""
     import onnx2tf
 
-    from targets.tflite import ONNX2TF_SAMPLE_FILE, onnx2tf_sample_images
+    from targets.tflite.convert import ONNX2TF_SAMPLE_FILE, onnx2tf_sample_images
 
     mean = np.asarray(contract.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(contract.std, np.float32).reshape(1, -1, 1, 1)

@@ -31,13 +31,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from exporter.config import DEFAULT_TARGET  # noqa: E402
 from exporter.zoo import ZOO  # noqa: E402
+from targets import get_target, target_groups  # noqa: E402
 
 MOBILE_EXPORT = REPO / ".venv" / "bin" / "mobile-export"
 TABLE_NAME = "zoo_matrix"
 # Layout ops each runtime's graph may carry, by the names its own op counts use.
-TRANSPOSE_OPS = {"tflite": ("TRANSPOSE",), "ncnn": ("Permute",)}
-PAD_OPS = {"tflite": ("PAD", "PADV2", "MIRROR_PAD"), "ncnn": ("Padding",)}
 
 
 @dataclass(frozen=True)
@@ -123,21 +123,23 @@ def rows_of(run: ExportRun, exit_code: int, seconds: float, manifest: dict | Non
             exit_code=exit_code, cosine=parity["cosine"], top1_agreement=parity["top1_agreement"],
             passed=parity["passed"], megabytes=round(artifact["total_bytes"] / 1e6, 3),
             convert_seconds=_convert_seconds(runtime, stage_seconds), export_seconds=round(seconds, 1),
-            transposes=count_ops(ops, TRANSPOSE_OPS.get(runtime)), pads=count_ops(ops, PAD_OPS.get(runtime)),
+            transposes=count_ops(ops, get_target(runtime).layout_ops), pads=count_ops(ops, get_target(runtime).pad_ops),
             failures="; ".join(parity["failures"]),
         ))
     return rows
 
 
 def _convert_seconds(runtime: str, stage_seconds: dict) -> float | None:
-    if runtime == "onnx":
+    if get_target(runtime).interchange:
         return round(sum(v for k, v in stage_seconds.items() if k in ("export ONNX", "simplify and check ONNX")), 1)
     seconds = stage_seconds.get(f"convert {runtime}")
     return None if seconds is None else round(seconds, 1)
 
 
-def count_ops(ops: dict | None, names: tuple[str, ...] | None) -> int | None:
-    if ops is None or names is None:
+def count_ops(ops: dict | None, names: tuple[str, ...]) -> int | None:
+    """How many ops of the given kinds; None when the artifact records no op counts or the runtime has no such
+    kinds (ONNX Runtime, Core ML)."""
+    if ops is None or not names:
         return None
     return sum(ops.get(name, 0) for name in names)
 
@@ -207,7 +209,7 @@ def select_models(patterns: list[str] | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", help="zoo names or shell patterns (shufflenet_*); default: all")
-    parser.add_argument("--target", default="android", choices=("android", "all", "tflite", "ncnn", "ios"))
+    parser.add_argument("--target", default=DEFAULT_TARGET, choices=tuple(target_groups()))
     parser.add_argument("--out", type=Path, default=Path("/tmp/zoo"))
     parser.add_argument("--force", action="store_true", help="export again even where a manifest exists")
     parser.add_argument("--exported-only", action="store_true",

@@ -1,4 +1,5 @@
-"""The small interface every runtime target implements, and the values that cross it."""
+"""The values that cross the target interface (core/target.py): the ONNX model, a conversion job, an artifact,
+and the Runner every artifact is loaded as."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,7 +10,6 @@ import numpy as np
 
 from core.contract import InputContract
 from core.parity import ParityThresholds
-
 
 # Parity, calibration and explain runs are about numbers, not speed: one thread. Runtimes' worker threads
 # spin-wait, and on a busy machine that costs many times the work (int8 MobileNetV2 in LiteRT: 15 ms of CPU
@@ -51,7 +51,7 @@ class Artifact:
     """One deployable model file (plus companions, e.g. ncnn's .bin) produced by a target."""
 
     path: Path
-    runtime: str  # "onnx" | "tflite" | "ncnn" | ...
+    runtime: str  # the name of the target that made it (targets/__init__.py)
     precision: str  # "fp32" | "fp16" | "int8"
     companions: tuple[Path, ...] = ()
     details: dict = field(default_factory=dict)  # runtime-specific facts for the manifest
@@ -76,21 +76,6 @@ class Runner(Protocol):
 
     def run(self, batch_nchw: np.ndarray) -> np.ndarray:
         """N x C x H x W float32 (preprocessed) -> N x ... float32 model outputs."""
-        ...
-
-
-class Target(Protocol):
-    name: str  # "tflite"
-    runtime: str  # what the manifest calls its runtime
-
-    def convert(self, job: ConversionJob) -> list[Artifact]:
-        """Write artifacts into job.workdir; raise ConverterError with the log's summary on failure."""
-        ...
-
-    def load(self, artifact: Artifact) -> Runner:
-        ...
-
-    def tool_versions(self) -> dict[str, str]:
         ...
 
 

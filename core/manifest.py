@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Callable
 
 from core.artifact import Artifact
+from core.contract import InputContract
+from core.errors import InputError
 from core.parity import ParityResult
+from core.target import SnippetContract
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -85,3 +88,107 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+# ---- the one reader -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str  # relative to the model folder
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ManifestArtifact:
+    """One artifact as the manifest records it."""
+
+    path: str  # its main file, relative to the model folder
+    runtime: str
+    precision: str
+    platform: str  # the manifest's "target": where it ships
+    files: tuple[FileRecord, ...]  # the main file first, then companions (ncnn's .bin)
+    parity: dict
+    details: dict
+    reproducible: bool | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.precision}"
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def artifact(self, model_dir: Path) -> Artifact:
+        """The artifact with its files' absolute paths, ready for its target's load()."""
+        paths = [model_dir / record.path for record in self.files] or [model_dir / self.path]
+        return Artifact(paths[0], self.runtime, self.precision, tuple(paths[1:]), self.details)
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """A model folder's manifest.json, read once and checked: every reader of manifests goes through this."""
+
+    folder: Path
+    model_name: str
+    input: dict  # the input contract as recorded, plus the input tensor's "name"
+    output: dict  # {"name", "shape"}
+    labels: dict | None  # {"path", "count"}
+    data: dict  # where calibration and validation photos came from
+    artifacts: tuple[ManifestArtifact, ...]
+    raw: dict  # the whole document, for the report that renders it
+
+    @property
+    def input_name(self) -> str:
+        return self.input.get("name", "input")
+
+    @property
+    def output_name(self) -> str:
+        return self.output.get("name", "output")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.input["input_shape"])
+
+    def contract(self) -> InputContract:
+        spec = self.input
+        return InputContract(tuple(spec["input_shape"]), tuple(spec["mean"]), tuple(spec["std"]), spec["color"],
+                             float(spec["pixel_scale"]))
+
+    def snippet_contract(self) -> SnippetContract:
+        spec = self.input
+        _, channels, height, width = spec["input_shape"]
+        return SnippetContract(self.input_name, channels, height, width, spec["color"], float(spec["pixel_scale"]),
+                               tuple(spec["mean"]), tuple(spec["std"]))
+
+    def of_runtime(self, runtime: str) -> tuple[ManifestArtifact, ...]:
+        return tuple(artifact for artifact in self.artifacts if artifact.runtime == runtime)
+
+
+def read_manifest(model_dir: Path) -> ExportManifest:
+    """The manifest of an export folder; InputError naming the fix when there is none or it is not ours."""
+    path = Path(model_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"{model_dir} holds no {MANIFEST_NAME}: it is not an exported model folder",
+                         hint="run mobile-export export first, then pass OUT/<model> (e.g. out/mobilenet_v2)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return ExportManifest(
+            folder=Path(model_dir), model_name=raw["model"]["name"], input=dict(raw["input"]),
+            output=dict(raw.get("output") or {}), labels=raw.get("labels"), data=dict(raw.get("data") or {}),
+            artifacts=tuple(_artifact_entry(entry) for entry in raw["artifacts"]), raw=raw,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"{path} is not a mobile-export manifest ({type(error).__name__}: {error})",
+                         hint="re-run mobile-export export into that folder") from None
+
+
+def _artifact_entry(entry: dict) -> ManifestArtifact:
+    return ManifestArtifact(
+        path=entry["path"], runtime=entry["runtime"], precision=entry["precision"], platform=entry["target"],
+        files=tuple(FileRecord(f["path"], f["sha256"], int(f["bytes"])) for f in entry["files"]),
+        parity=dict(entry.get("parity") or {}), details=dict(entry.get("details") or {}),
+        reproducible=entry.get("reproducible"),
+    )

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core.manifest import MANIFEST_NAME, sha256_of
 from core.artifact import Artifact, ConversionJob, OnnxModel
+from core.errors import InputError
+from core.manifest import ManifestArtifact, read_manifest, sha256_of
 
 CONVERSION_DETAIL = "conversion"  # the key under an artifact's manifest details that records its cache key
 # Job fields that say where to work or how long to wait, not what to build.
 NOT_SHAPING_THE_RESULT = {"workdir", "log_path", "timeout_s", "torch_module"}
-CONVERSION_CODE = Path(__file__).resolve().parents[1] / "targets"
+# The floors conversions run on: a change there may change what a target builds.
+CONVERSION_CODE = tuple(Path(__file__).resolve().parents[1] / floor for floor in ("core", "graph", "targets"))
 
 
 def conversion_key(job: ConversionJob, target_name: str, tool_versions: dict[str, str]) -> str:
@@ -51,11 +53,13 @@ def _value_fingerprint(value) -> str:
 
 
 def _code_fingerprint() -> str:
-    """Our own conversion code: a change to any target module must not reuse artifacts it would build otherwise."""
+    """Our own conversion code: a change to any module a target runs must not reuse artifacts it would build
+    otherwise."""
     digest = hashlib.sha256()
-    for path in sorted(CONVERSION_CODE.rglob("*.py")):
-        digest.update(path.relative_to(CONVERSION_CODE).as_posix().encode())
-        digest.update(path.read_bytes())
+    for floor in CONVERSION_CODE:
+        for path in sorted(floor.rglob("*.py")):
+            digest.update(path.relative_to(floor.parent).as_posix().encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -68,44 +72,41 @@ def reusable_artifacts(model_dir: Path, runtime: str, key: str, workdir: Path) -
     """The previous export's artifacts of `runtime` converted under `key`, copied into `workdir`; None when
     there are none, or any of their files is missing or no longer matches its recorded checksum."""
     entries = [entry for entry in _previous_artifacts(model_dir)
-               if entry.get("runtime") == runtime
-               and entry.get("details", {}).get(CONVERSION_DETAIL, {}).get("key") == key]
+               if entry.runtime == runtime and (entry.details.get(CONVERSION_DETAIL) or {}).get("key") == key]
     if not entries or not all(_files_intact(model_dir, entry) for entry in entries):
         return None
     return [_staged_copy(model_dir, entry, workdir) for entry in entries]
 
 
-def _previous_artifacts(model_dir: Path) -> list[dict]:
+def _previous_artifacts(model_dir: Path) -> tuple[ManifestArtifact, ...]:
     try:
-        manifest = json.loads((model_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-        return [entry for entry in manifest.get("artifacts", []) if isinstance(entry, dict)]
-    except (OSError, ValueError, AttributeError):
-        return []  # no previous export, or one we cannot read: convert afresh
+        return read_manifest(model_dir).artifacts
+    except InputError:
+        return ()  # no previous export, or one we cannot read: convert afresh
 
 
-def _files_intact(model_dir: Path, entry: dict) -> bool:
-    files = entry.get("files") or []
-    for record in files:
-        path = model_dir / str(record.get("path", ""))
-        if not _inside(path, model_dir) or not path.exists() or sha256_of(path) != record.get("sha256"):
+def _files_intact(model_dir: Path, entry: ManifestArtifact) -> bool:
+    for record in entry.files:
+        path = model_dir / record.path
+        if not _inside(path, model_dir) or not path.exists() or sha256_of(path) != record.sha256:
             return False
-    return bool(files)
+    return bool(entry.files)
 
 
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def _staged_copy(model_dir: Path, entry: dict, workdir: Path) -> Artifact:
+def _staged_copy(model_dir: Path, entry: ManifestArtifact, workdir: Path) -> Artifact:
     copies = []
-    for record in entry["files"]:
-        source = model_dir / record["path"]
+    for record in entry.files:
+        source = model_dir / record.path
         copy = workdir / source.name
         if source.is_dir():
             shutil.copytree(source, copy)
         else:
             shutil.copy2(source, copy)
         copies.append(copy)
-    details = {k: v for k, v in entry.get("details", {}).items() if k != CONVERSION_DETAIL}
-    return Artifact(path=copies[0], runtime=entry["runtime"], precision=entry["precision"],
+    details = {k: v for k, v in entry.details.items() if k != CONVERSION_DETAIL}
+    return Artifact(path=copies[0], runtime=entry.runtime, precision=entry.precision,
                     companions=tuple(copies[1:]), details=details)

@@ -8,27 +8,21 @@ from pathlib import Path
 from core.contract import InputContract
 from core.errors import InputError
 from core.parity import DEFAULT_THRESHOLDS, ParityThresholds
+from targets import get_target, target_groups
 
 DEFAULT_MODEL = "zoo:mobilenet_v2"
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
-# Which runtimes make up each --target, and which platform their artifacts ship to.
-TARGET_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "android": ("android", ("tflite", "ncnn")),
-    "tflite": ("android", ("tflite",)),
-    "ncnn": ("android", ("ncnn",)),
-    "ios": ("ios", ("coreml",)),
-    "coreml": ("ios", ("coreml",)),
-    "all": ("all", ("tflite", "ncnn", "coreml")),
-}
-# The platform each runtime's artifacts ship to, whatever group asked for them.
-RUNTIME_PLATFORMS: dict[str, str] = {"tflite": "android", "ncnn": "android", "coreml": "ios"}
+DEFAULT_TARGET = "android"
+# Which runtimes make up each --target, and which platform their artifacts ship to: from the target registry
+# (read when asked, so a runtime registered later, as the toy one in the tests, is a --target too).
+TARGET_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = target_groups()
 
 
 @dataclass(frozen=True)
 class ExportSpec:
     model: str
     contract: InputContract
-    target: str = "android"
+    target: str = DEFAULT_TARGET
     out: Path = Path("out")
     weights: str | None = None
     trust_pickle: bool = False
@@ -45,14 +39,17 @@ class ExportSpec:
 
     @property
     def platform(self) -> str:
-        return TARGET_GROUPS[self.target][0]
+        return target_groups()[self.target][0]
 
     @property
     def target_names(self) -> tuple[str, ...]:
-        return TARGET_GROUPS[self.target][1]
+        return target_groups()[self.target][1]
 
     def platform_of(self, target_name: str) -> str:
-        return RUNTIME_PLATFORMS.get(target_name, self.platform)
+        """The platform a runtime's artifacts ship to, whatever group asked for them; the export's own for
+        the interchange ONNX model, which ships everywhere."""
+        platforms = get_target(target_name).platforms
+        return platforms[0] if platforms else self.platform
 
 
 # Flags and config keys that are plain values; the contract and thresholds are assembled separately.
@@ -78,9 +75,10 @@ def build_spec(flags: dict, config_path: Path | None = None) -> ExportSpec:
     model = merged.get("model", DEFAULT_MODEL)
     if "model" in config and "model" not in flags_given(flags) and _looks_like_path(model):
         model = str(base / model)
-    target = merged.get("target", "android")
-    if target not in TARGET_GROUPS:
-        raise InputError(f"unknown target {target!r}", hint=f"choose one of: {', '.join(TARGET_GROUPS)}")
+    target = merged.get("target", DEFAULT_TARGET)
+    groups = target_groups()
+    if target not in groups:
+        raise InputError(f"unknown target {target!r}", hint=f"choose one of: {', '.join(groups)}")
     merged = {**_digit_weights_defaults(model, merged), **merged}
     scalars = {k: merged[k] for k in SCALAR_KEYS if k in merged}
     scalars["model"], scalars["target"] = model, target

@@ -11,6 +11,8 @@ from core.errors import InputError
 from core.pixels import ten_crop
 from exporter.images import BUILTIN_PHOTOS, Photo, load_photos, photo_views, split_builtin, split_holdout
 
+# What the manifest's data.validation_source says when parity ran on photos held out of --calib.
+HELD_OUT_SOURCE = "held-out part of the calibration set"
 
 @dataclass(frozen=True)
 class DatasetPlan:
@@ -116,6 +118,28 @@ def _describe(plan: DatasetPlan, calibration_count: int, validation_count: int, 
     return {
         "calibration_source": str(plan.calibration_source),
         "calibration_samples": calibration_count,
-        "validation_source": "held-out part of the calibration set" if held_out else str(plan.validation_source),
+        "validation_source": HELD_OUT_SOURCE if held_out else str(plan.validation_source),
         "validation_samples": validation_count,
     }
+
+
+def export_samples(data: dict, contract: InputContract, calib: str | None, val: str | None):
+    """An export's calibration tensors, rebuilt from the sources its manifest names (`data`), and the samples
+    to compare on: the export's validation tensors, or those of `val`. `calib` stands for the export's
+    calibration photos when they moved."""
+    calibration_source = calib or data["calibration_source"]
+    held_out = data["validation_source"] == HELD_OUT_SOURCE
+    export_validation = None if held_out else (val or data["validation_source"])
+    for source in (calibration_source, export_validation, val):
+        if source not in (None, BUILTIN_PHOTOS) and not Path(source).exists():
+            raise InputError(
+                f"the photos {source} are not there (relative paths are taken from the folder explain runs in, "
+                "and the export's from the folder it ran in)",
+                hint="run explain from that folder, or pass --calib (and --val) with the same photos",
+            )
+    datasets = build_datasets(DatasetPlan(calibration_source, export_validation), contract)
+    if held_out and val:
+        # Photos given with --val are compared on, never calibrated with: the reference re-applies the
+        # export's range equalization, whose scales come from the export's own calibration photos.
+        return datasets.calibration, validation_tensors(val, contract)
+    return datasets.calibration, datasets.validation

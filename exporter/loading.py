@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.artifact import Artifact, Runner
 from core.errors import ConverterError, InputError, MobileExportError
-from core.artifact import Artifact, OnnxModel, Runner
 
 # A load and one inference of a mobile model take seconds; far longer means the runtime is stuck.
 LOAD_CHECK_TIMEOUT_S = 300.0
@@ -31,13 +31,6 @@ def open_checked(artifact: Artifact, input_shape: tuple[int, ...], *, log_path: 
 
 
 def open_runner(artifact: Artifact) -> Runner:
-    if artifact.runtime == "onnx":
-        from exporter.onnx_stage import OnnxRuntimeRunner
-
-        details = artifact.details
-        model = OnnxModel(artifact.path, details["input_name"], details["output_name"],
-                          tuple(details["input_shape"]), tuple(details.get("output_shape", ())))
-        return OnnxRuntimeRunner(model)
     from targets import get_target
 
     return get_target(artifact.runtime).load(artifact)

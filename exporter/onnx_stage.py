@@ -1,14 +1,12 @@
-"""The ONNX stage: export from PyTorch, simplify, check, and the ONNX Runtime runner."""
+"""The ONNX stage: export from PyTorch, simplify, check, describe. (targets/onnx/ runs the result.)"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from core.artifact import OnnxModel
 from core.capture import output_to
 from core.contract import InputContract
 from core.errors import ConverterError, InputError
-from core.artifact import VALIDATION_THREADS, OnnxModel, run_in_chunks
 
 OPSET = 17
 
@@ -100,22 +98,3 @@ def describe(path: Path, contract: InputContract) -> OnnxModel:
             hint="pass the --input-shape the ONNX model was exported with",
         )
     return OnnxModel(path, inputs[0].name, model.graph.output[0].name, tuple(contract.input_shape), dims(model.graph.output[0]))
-
-
-class OnnxRuntimeRunner:
-    def __init__(self, onnx_model: OnnxModel, threads: int = VALIDATION_THREADS):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        try:
-            self._session = onnxruntime.InferenceSession(str(onnx_model.path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:
-            raise ConverterError(f"ONNX Runtime cannot load {onnx_model.path.name}: {error}",
-                                 hint="the graph uses an op ONNX Runtime does not support") from None
-        self._input_name = onnx_model.input_name
-        self._batch = onnx_model.input_shape[0]
-
-    def run(self, batch_nchw: np.ndarray) -> np.ndarray:
-        return run_in_chunks(lambda chunk: self._session.run(None, {self._input_name: chunk})[0], batch_nchw, self._batch)

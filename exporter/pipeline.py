@@ -14,22 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
+from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
+from core.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
+from core.manifest import MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, write_json_atomically
+from core.parity import ParityResult, compare
 from exporter import onnx_stage
 from exporter.bundle import write_report_and_bundle
 from exporter.cache import conversion_key, reusable_artifacts, with_conversion_record
 from exporter.config import ExportSpec
 from exporter.datasets import DatasetPlan, Datasets, build_datasets
-from core.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
 from exporter.images import BUILTIN_PHOTOS
 from exporter.loading import open_checked, open_runner
-from core.manifest import MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, write_json_atomically
 from exporter.progress import StageClock
 from exporter.publish import Publisher, exclusive_staging, prepare_model_dir, publishing
-from exporter.reproducibility import is_reproducible
 from exporter.sources import LoadedModel, copy_checked_onnx, load_model
-from targets import get_target
-from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
-from core.parity import ParityResult, compare
+from targets import get_target, interchange_target
 
 # Measured on the default MobileNetV2 (bench/results/heldout_photos_mobilenet_v2.md): int8 calibrated on
 # scikit-image's photos agreed with float on 0.910 of crops of ImageNet photos, and on 0.96-0.98 once half of
@@ -121,9 +120,11 @@ def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
     onnx_model, reference, reference_name = _onnx_stage(run)
     _check_labels(run.labels, reference)
     measured: list[tuple[Artifact, ParityResult, str]] = []  # artifact, parity, platform
-    with run.clock.stage("parity onnx fp32"):
-        artifact = _onnx_artifact(onnx_model)
-        measured.append((*_measure(artifact, _open(artifact, run, "onnx"), reference, run), run.spec.platform))
+    interchange = interchange_target()
+    with run.clock.stage(f"parity {interchange.name} fp32"):
+        artifact = interchange.interchange_artifact(onnx_model)
+        measured.append((*_measure(artifact, _open(artifact, run, interchange.name), reference, run),
+                         run.spec.platform))
     tool_versions = _base_tool_versions()
     failures: list[TargetFailure] = []
     for target_name in run.spec.target_names:
@@ -202,7 +203,8 @@ def _target_failure(target_name: str, error: Exception, log_path: Path) -> Targe
 
 
 def _onnx_stage(run: ExportRun):
-    spec, loaded, log_path = run.spec, run.loaded, run.log_path("onnx")
+    interchange = interchange_target()
+    spec, loaded, log_path = run.spec, run.loaded, run.log_path(interchange.name)
     onnx_path = run.staging / ONNX_WORK_NAME
     if loaded.module is not None:
         with run.clock.stage("export ONNX"):
@@ -213,7 +215,8 @@ def _onnx_stage(run: ExportRun):
         with run.clock.stage("read ONNX"):
             source = run.staging / SOURCE_ONNX_NAME
             copy_checked_onnx(loaded.onnx_path, source)
-            source_runner = _open(_onnx_artifact(onnx_stage.describe(source, spec.contract)), run, "onnx")
+            source_artifact = interchange.interchange_artifact(onnx_stage.describe(source, spec.contract))
+            source_runner = _open(source_artifact, run, interchange.name)
         with run.clock.stage("reference outputs"):
             reference = source_runner.run(run.datasets.validation)
             reference_name = "onnxruntime on the source ONNX file"
@@ -244,7 +247,7 @@ def _torch_outputs(module, samples: np.ndarray, model_batch: int) -> np.ndarray:
         return module(torch.from_numpy(batch)).detach().float().numpy()
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(VALIDATION_THREADS)  # as for every reference run: see targets/base.py
+    torch.set_num_threads(VALIDATION_THREADS)  # as for every reference run: see core/artifact.py
     try:
         with torch.no_grad():
             return run_in_chunks(run_fixed_batch, samples, model_batch)
@@ -264,19 +267,12 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-def _onnx_artifact(onnx_model: OnnxModel) -> Artifact:
-    return Artifact(path=onnx_model.path, runtime="onnx", precision="fp32",
-                    details={"opset": onnx_stage.OPSET, "input_name": onnx_model.input_name,
-                             "output_name": onnx_model.output_name, "input_shape": list(onnx_model.input_shape),
-                             "layout": "NCHW"})
-
-
 def _publish(publisher: Publisher, artifact: Artifact, model_dir: Path, model_name: str) -> Artifact:
     """Move an artifact's files from staging to their final names (atomic renames on one file system)."""
 
     def final_path(staged: Path) -> Path:
-        kind = staged.name.split(".", 1)[1]  # "tflite", "onnx", "ncnn.param", "ncnn.bin"
-        suffix = "" if artifact.runtime == "onnx" else f"_{artifact.precision}"
+        kind = staged.name.split(".", 1)[1]  # the extension(s): "tflite", "ncnn.param", "ncnn.bin"
+        suffix = "" if get_target(artifact.runtime).interchange else f"_{artifact.precision}"
         return model_dir / f"{model_name}{suffix}.{kind}"
 
     published = artifact.renamed(final_path)
@@ -351,7 +347,8 @@ def _manifest(run: ExportRun, onnx_model, reference_name, records, tool_versions
         "data": run.datasets.description,
         "int8_io": "int8" if spec.int8_io else "float32",
         "gates_passed": not failures and all(r.parity.passed for r in records),
-        "artifacts": [{**record.to_manifest(run.model_dir), "reproducible": is_reproducible(record.artifact)}
+        "artifacts": [{**record.to_manifest(run.model_dir),
+                       "reproducible": get_target(record.artifact.runtime).is_reproducible(record.artifact.precision)}
                       for record in records],
         "failed_targets": [failure.to_manifest() for failure in failures],
         "tools": tool_versions,

@@ -32,14 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.contract import InputContract
-from exporter.datasets import DatasetPlan, build_datasets, validation_tensors
 from core.errors import InputError
-from core.manifest import MANIFEST_NAME
+from core.manifest import ExportManifest, ManifestArtifact
+from graph.explain_ops import PASS_THROUGH, ArtifactOp
 from graph.onnx_view import OnnxView
-from validation.explain_graphs import PASS_THROUGH, ArtifactOp, load_artifact_graph
+from targets import get_target, interchange_target
 
-EXPLAINABLE_RUNTIMES = ("tflite", "ncnn", "coreml")
 DEFAULT_MAX_SAMPLES = 20
 # The jump rule: the first layer, in graph order, whose increase in relative error over its input is at
 # least this share of the largest increase any layer makes. The earliest big step is where to look; later
@@ -102,31 +100,24 @@ class ExplainReport:
         return record
 
 
-def explain_artifact(model_dir: Path, artifact_key: str, max_samples: int = DEFAULT_MAX_SAMPLES,
-                     calib: str | None = None, val: str | None = None) -> ExplainReport:
-    """Compare one artifact of an export with its ONNX reference on the export's own validation photos."""
-    manifest = read_manifest(model_dir)
-    entry = find_artifact(manifest, artifact_key)
-    if entry["runtime"] not in EXPLAINABLE_RUNTIMES:
-        raise InputError(
-            f"{entry['path']} is a {entry['runtime']} artifact; explain reads {', '.join(EXPLAINABLE_RUNTIMES)} "
-            "artifacts so far",
-            hint="pass --artifact int8, fp16, fp32 or the file name of a .tflite, .ncnn.param or .mlpackage artifact",
-        )
-    contract = contract_from_manifest(manifest)
-    calibration, validation = _rebuild_samples(manifest["data"], contract, calib, val)
-    reference, reference_text, notes = _reference_graph(model_dir, manifest, entry, calibration)
-    if entry["runtime"] == "coreml":
-        notes.append("the Core ML layers are those of the reference ML Program evaluator: the Core ML runtime "
-                     "does not expose inner tensors")
-    artifact = load_artifact_graph(model_dir, entry)
+def explain_artifact(manifest: ExportManifest, entry: ManifestArtifact, validation: np.ndarray,
+                     calibration: np.ndarray, max_samples: int = DEFAULT_MAX_SAMPLES) -> ExplainReport:
+    """Compare one artifact of an export with its ONNX reference on `validation` samples (the export's own, or
+    the user's); `calibration` is the export's, for the int8 reference's range equalization."""
+    model_dir = manifest.folder
+    reference, reference_text, notes = _reference_graph(manifest, entry, calibration)
+    artifact = get_target(entry.runtime).explain_graph(entry.artifact(model_dir))
+    if artifact is None:
+        raise InputError(f"{entry.path} is a {entry.runtime} artifact, which explain cannot read",
+                         hint=f"pass --artifact with one of: {', '.join(explainable_names(manifest))}")
+    notes += list(getattr(artifact, "notes", ()))
     pairs, unmatched = pair_layers(OnnxGraph(reference), artifact)
-    batch = contract.input_shape[0]
+    batch = manifest.input_shape[0]
     samples = validation[: max(batch, max_samples // batch * batch)]
     layers, dropped = _measure(reference, artifact, pairs, samples)
     notes += _weight_notes(layers)
     return ExplainReport(
-        artifact=Path(entry["path"]).name, runtime=entry["runtime"], precision=entry["precision"],
+        artifact=entry.name, runtime=entry.runtime, precision=entry.precision,
         reference=reference_text, samples=len(samples), layers=layers, jump_depth=jump_depth(layers),
         unmatched=tuple(unmatched + dropped), notes=tuple(notes),
     )
@@ -152,66 +143,36 @@ def explain_json_path(model_dir: Path, artifact_file: str) -> Path:
 # ---- the export's manifest and data ---------------------------------------------------------------------
 
 
-def read_manifest(model_dir: Path) -> dict:
-    path = model_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise InputError(f"{model_dir} holds no {MANIFEST_NAME}", hint="pass the OUT/<model> folder of an export")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path} is not valid JSON: {error}", hint="re-run the export to rewrite it") from None
+def explainable_names(manifest: ExportManifest) -> list[str]:
+    return [a.name for a in manifest.artifacts if get_target(a.runtime).explainable]
 
 
-def find_artifact(manifest: dict, key: str) -> dict:
-    """`key` is a precision (int8, fp16, fp32: the TFLite artifact of that precision) or a file name."""
-    artifacts = manifest.get("artifacts", [])
-    by_name = [a for a in artifacts if Path(a["path"]).name == key or a["path"] == key]
-    by_precision = [a for a in artifacts if a["runtime"] == "tflite" and a["precision"] == key]
+def find_artifact(manifest: ExportManifest, key: str) -> ManifestArtifact:
+    """`key` is a file name, or a precision (int8, fp16, fp32): the first explainable artifact of it, which is
+    the TFLite one when the export has TFLite (the manifest lists artifacts in registry order)."""
+    by_name = [a for a in manifest.artifacts if a.name == key or a.path == key]
+    by_precision = [a for a in manifest.artifacts if a.precision == key and get_target(a.runtime).explainable]
     found = by_name or by_precision
     if not found:
-        names = ", ".join(Path(a["path"]).name for a in artifacts)
+        names = ", ".join(a.name for a in manifest.artifacts)
         raise InputError(f"no artifact {key!r} in this export", hint=f"pass int8, fp16, fp32 or one of: {names}")
+    if not get_target(found[0].runtime).explainable:
+        raise InputError(f"{found[0].path} is a {found[0].runtime} artifact, which explain cannot read",
+                         hint=f"pass --artifact with one of: {', '.join(explainable_names(manifest))}")
     return found[0]
 
 
-def contract_from_manifest(manifest: dict) -> InputContract:
-    spec = manifest["input"]
-    return InputContract(tuple(spec["input_shape"]), tuple(spec["mean"]), tuple(spec["std"]), spec["color"],
-                         float(spec["pixel_scale"]))
-
-
-def _rebuild_samples(data: dict, contract: InputContract, calib: str | None, val: str | None):
-    """The export's calibration tensors, rebuilt from the sources the manifest names, and the samples to compare
-    on: the export's validation tensors, or those of `val`."""
-    calibration_source = calib or data["calibration_source"]
-    held_out = data["validation_source"] == "held-out part of the calibration set"
-    export_validation = None if held_out else (val or data["validation_source"])
-    for source in (calibration_source, export_validation, val):
-        if source not in (None, "builtin") and not Path(source).exists():
-            raise InputError(
-                f"the photos {source} are not there (relative paths are taken from the folder explain runs in, "
-                "and the export's from the folder it ran in)",
-                hint="run explain from that folder, or pass --calib (and --val) with the same photos",
-            )
-    datasets = build_datasets(DatasetPlan(calibration_source, export_validation), contract)
-    if held_out and val:
-        # Photos given with --val are compared on, never calibrated with: the reference re-applies the
-        # export's range equalization, whose scales come from the export's own calibration photos.
-        return datasets.calibration, validation_tensors(val, contract)
-    return datasets.calibration, datasets.validation
-
-
-def _reference_graph(model_dir: Path, manifest: dict, entry: dict, calibration: np.ndarray):
+def _reference_graph(manifest: ExportManifest, entry: ManifestArtifact, calibration: np.ndarray):
     import onnx
 
-    onnx_entry = next((a for a in manifest["artifacts"] if a["runtime"] == "onnx"), None)
-    if onnx_entry is None:
+    interchange = manifest.of_runtime(interchange_target().name)
+    if not interchange:
         raise InputError("the export has no ONNX artifact to compare with", hint="re-run the export")
-    model = onnx.load(str(model_dir / onnx_entry["path"]))
-    text = f"{onnx_entry['path']} in ONNX Runtime"
-    recipe = entry.get("details", {}).get("int8_recipe") or {}
+    model = onnx.load(str(manifest.folder / interchange[0].path))
+    text = f"{interchange[0].path} in ONNX Runtime"
+    recipe = entry.details.get("int8_recipe") or {}
     recorded_pairs = recipe.get("equalized_layer_pairs", 0)
-    if entry["precision"] != "int8" or not recorded_pairs:
+    if entry.precision != "int8" or not recorded_pairs:
         return model, text, []
     from graph.passes.equalize import equalize_activation_ranges
 

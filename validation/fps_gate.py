@@ -12,13 +12,14 @@ a median (benchmark_model). Percentiles that were not observed stay None (null i
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from core.errors import GateFailed, InputError
-from core.manifest import MANIFEST_NAME, write_json_atomically
+from core.manifest import read_manifest, write_json_atomically
+from core.target import NotOnThisHost
+from targets import get_target, target_of_profile_runtime
 from validation import host_bench
 from validation.profiles import DEFAULT_TARGET_FPS, DeviceProfile
 
@@ -26,8 +27,9 @@ BENCH_NAME = "bench.json"
 BENCH_SCHEMA_VERSION = 1
 HOST_PROFILE = "host"
 ALL_PROFILES = "all"
-# The manifest names runtimes after the artifact; profiles name the runtime library.
-PROFILE_RUNTIME_NAME = {"onnx": "onnxruntime"}
+# Platforms in the order a profile is assigned to one: a device running any iOS runtime is an iPhone, whatever
+# else it runs (the iPhone profile projects ncnn as well as Core ML).
+PLATFORM_PRECEDENCE = ("ios", "android")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class ExportedArtifact:
     precision: str
     platform: str
     files: tuple[str, ...]  # the artifact's file first, then companions
+    details: dict = field(default_factory=dict)  # the manifest's details (tensor names, ...)
 
     @property
     def label(self) -> str:
@@ -66,24 +69,15 @@ class ExportedModel:
 
 def load_export(folder: Path, runtimes: tuple[str, ...] | None = None) -> ExportedModel:
     """The artifacts of `mobile-export export` in `folder`, optionally only those of the given runtimes."""
-    manifest_path = Path(folder) / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise InputError(f"{folder} holds no {MANIFEST_NAME}: it is not an exported model folder",
-                         hint="run mobile-export export first, then pass OUT/<model> (e.g. out/mobilenet_v2)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        artifacts = tuple(
-            ExportedArtifact(path=entry["path"], runtime=entry["runtime"], precision=entry["precision"],
-                             platform=entry["target"], files=tuple(f["path"] for f in entry["files"]))
-            for entry in manifest["artifacts"]
-            if runtimes is None or entry["runtime"] in runtimes
-        )
-        model = ExportedModel(Path(folder), manifest["model"]["name"], tuple(manifest["input"]["input_shape"]),
-                              manifest["input"].get("name", "input"), manifest["output"].get("name", "output"),
-                              artifacts)
-    except (ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{manifest_path} is not a mobile-export manifest ({type(error).__name__}: {error})",
-                         hint="re-run mobile-export export into that folder") from None
+    manifest = read_manifest(Path(folder))
+    artifacts = tuple(
+        ExportedArtifact(path=entry.path, runtime=entry.runtime, precision=entry.precision, platform=entry.platform,
+                         files=tuple(f.path for f in entry.files), details=entry.details)
+        for entry in manifest.artifacts
+        if runtimes is None or entry.runtime in runtimes
+    )
+    model = ExportedModel(Path(folder), manifest.model_name, manifest.input_shape, manifest.input_name,
+                          manifest.output_name, artifacts)
     missing = [path for artifact in artifacts for path in model.paths(artifact) if not path.exists()]
     if missing:
         raise InputError(f"the manifest lists {missing[0].name}, which is not in {folder}",
@@ -208,7 +202,8 @@ class ProfileSelection:
 
 
 def profile_runtime(runtime: str) -> str:
-    return PROFILE_RUNTIME_NAME.get(runtime, runtime)
+    """What device profiles call the runtime library of a manifest runtime."""
+    return get_target(runtime).profile_runtime
 
 
 def runs_any(profile: DeviceProfile, runtimes: tuple[str, ...]) -> bool:
@@ -216,9 +211,11 @@ def runs_any(profile: DeviceProfile, runtimes: tuple[str, ...]) -> bool:
 
 
 def profile_platform(profile: DeviceProfile) -> str:
-    """Profiles carry no platform key: a device that runs Core ML is an iOS device; every other one (Android
-    phones, Linux boards) runs what the manifest calls android artifacts (tflite, ncnn)."""
-    return "ios" if "coreml" in profile.runtimes else "android"
+    """Profiles carry no platform key: the platform of the runtimes the device runs (PLATFORM_PRECEDENCE when
+    they ship to several); Linux boards run what the manifest calls android artifacts."""
+    served = {platform for name in profile.runtimes
+              for platform in getattr(target_of_profile_runtime(name), "platforms", ())}
+    return next((platform for platform in PLATFORM_PRECEDENCE if platform in served), PLATFORM_PRECEDENCE[-1])
 
 
 def select_profiles(requested: str | None, profiles: dict[str, DeviceProfile], model: ExportedModel) -> ProfileSelection:
@@ -301,8 +298,9 @@ def run_bench(model: ExportedModel, plan: BenchPlan, stage: Callable) -> GateRep
     skipped: list[str] = list(plan.selection.skipped)
     if plan.measure_host:
         for artifact in model.artifacts:
-            if artifact.runtime not in host_bench.HOST_RUNTIMES:
-                skipped.append(f"host: {artifact.path}: {_why_not_on_host(artifact.runtime)}")
+            reason = get_target(artifact.runtime).why_not_timed_here()
+            if reason is not None:
+                skipped.append(f"host: {artifact.path}: {reason}")
                 continue
             with stage(f"time {artifact.label} on this host"):
                 measurement = measure_artifact_on_host(model, artifact, plan.host_threads, plan.rule)
@@ -315,17 +313,15 @@ def run_bench(model: ExportedModel, plan: BenchPlan, stage: Callable) -> GateRep
 
 def measure_artifact_on_host(model: ExportedModel, artifact: ExportedArtifact, threads: int,
                              rule: host_bench.StoppingRule) -> host_bench.HostMeasurement:
-    """One artifact of the export timed in its runtime here; runtime chatter goes to OUT/<model>/logs/bench.log."""
+    """One artifact of the export timed in its runtime here; runtime chatter goes to OUT/<model>/logs/bench.log.
+    NotOnThisHost, before anything starts, for a runtime this machine cannot run."""
+    reason = get_target(artifact.runtime).why_not_timed_here()
+    if reason is not None:
+        raise NotOnThisHost(reason)
     request = host_bench.MeasureRequest(artifact.runtime, artifact.precision,
                                         tuple(str(path) for path in model.paths(artifact)), model.input_shape,
-                                        model.input_name, model.output_name, threads, rule)
+                                        artifact.details, threads, rule)
     return host_bench.measure_on_host(request, model.folder / "logs" / "bench.log")
-
-
-def _why_not_on_host(runtime: str) -> str:
-    if runtime == "coreml":
-        return "Core ML runs only on macOS/iOS (parity used the reference evaluator, which is no speed measure)"
-    return f"no host runtime for {runtime}"
 
 
 def _projected_rows(model: ExportedModel, profiles: tuple[DeviceProfile, ...]) -> list[FpsRow]:

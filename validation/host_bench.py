@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.artifact import Artifact
 from core.errors import ConverterError
 from core.process import python_path_for_child
+from targets import REGISTRY, get_target
 
-HOST_RUNTIMES = ("onnx", "tflite", "ncnn")  # coreml runs only on macOS; the reference evaluator is no runtime
-RUNTIME_PACKAGES = {"onnx": "onnxruntime", "tflite": "ai-edge-litert", "ncnn": "ncnn"}
 PROGRESS_AFTER_S = 2.0  # runs shorter than this show no progress line
 PERCENTILES = (50, 90, 99)
 
@@ -60,10 +60,13 @@ class MeasureRequest:
     precision: str
     files: tuple[str, ...]  # absolute paths: the model file first, then companions (ncnn's .bin)
     input_shape: tuple[int, ...]  # the contract's NCHW shape
-    input_name: str = "input"
-    output_name: str = "output"
+    details: dict = field(default_factory=dict)  # the artifact's manifest details (names of its tensors, ...)
     threads: int = 1
     rule: StoppingRule = field(default_factory=StoppingRule)
+
+    def artifact(self) -> Artifact:
+        files = [Path(f) for f in self.files]
+        return Artifact(files[0], self.runtime, self.precision, tuple(files[1:]), self.details)
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def host_info() -> dict:
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     versions = {}
-    for runtime, package in RUNTIME_PACKAGES.items():
+    for package in (target.runtime_package for target in REGISTRY.values() if target.runtime_package):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -177,9 +180,11 @@ def _child_main(request_path: Path) -> None:
 
 
 def _measure_here(request: MeasureRequest, progress: "_ProgressLine") -> HostMeasurement:
-    _import_runtime(request.runtime)
+    target = get_target(request.runtime)
+    if target.runtime_module:  # loaded before the baseline reading, so the model's share of memory stands apart
+        __import__(target.runtime_module)
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    runner, settings = _open_runner(request)
+    runner, settings = target.timing_runner(request.artifact(), request.threads)
     sample = np.random.default_rng(0).standard_normal(request.input_shape).astype(np.float32)
     timings, warmup_runs, stable, seconds = time_runs(lambda: runner.run(sample), request.rule, progress)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -225,41 +230,6 @@ def time_runs(run_once, rule: StoppingRule, progress: "_ProgressLine | None" = N
         if len(timings) >= rule.max_runs or elapsed >= rule.budget_seconds:
             break
     return timings, warmup_runs, stable, clock() - timing_started
-
-
-def _import_runtime(runtime: str) -> None:
-    """Load the runtime's native library before the baseline memory reading, so the model's share is apart."""
-    modules = {"onnx": "onnxruntime", "tflite": "ai_edge_litert.interpreter", "ncnn": "ncnn"}
-    if runtime not in modules:
-        raise ValueError(f"no host runtime for {runtime!r}; measurable here: {', '.join(HOST_RUNTIMES)}")
-    __import__(modules[runtime])
-
-
-def _open_runner(request: MeasureRequest):
-    """The project's own runner for the artifact, with the thread count set, and the options it runs with."""
-    files = [Path(f) for f in request.files]
-    if request.runtime == "onnx":
-        from exporter.onnx_stage import OnnxRuntimeRunner
-        from core.artifact import OnnxModel
-
-        model = OnnxModel(files[0], request.input_name, request.output_name, request.input_shape, ())
-        runner = OnnxRuntimeRunner(model, threads=request.threads)
-        return runner, {"provider": "CPUExecutionProvider", "intra_op_num_threads": request.threads,
-                        "graph_optimization_level": "ORT_ENABLE_ALL (default)"}
-    if request.runtime == "tflite":
-        from targets.tflite import LiteRTRunner
-
-        runner = LiteRTRunner(files[0], threads=request.threads)
-        took_graph = "DELEGATE" in runner.op_names()
-        delegate = "XNNPACK (LiteRT's default CPU delegate)" if took_graph else "none: built-in kernels"
-        return runner, {"delegate": delegate, "num_threads": request.threads}
-    from targets.ncnn import NcnnRunner
-
-    runner = NcnnRunner(files[0], files[1], request.precision, threads=request.threads)
-    options = runner.options
-    keys = ("num_threads", "use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
-            "use_packing_layout", "use_winograd_convolution", "use_sgemm_convolution", "use_vulkan_compute")
-    return runner, {key: getattr(options, key) for key in keys}
 
 
 class _ProgressLine:

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.errors import InputError
+from targets import profile_runtimes
 
 BUILTIN_PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 DEFAULT_TARGET_FPS = 30.0
-KNOWN_RUNTIMES = ("ncnn", "tflite", "onnxruntime", "coreml")
+# The runtime libraries profiles may name: those of the registered targets.
+KNOWN_RUNTIMES = profile_runtimes()
 POWERSAVE_MODES = {0: "all cores", 1: "little cores only", 2: "big cores only"}
 
 

@@ -14,7 +14,6 @@ it, and reports the median absolute percentage error over all held-out predictio
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InputError
+from core.manifest import read_manifest
 from graph.cost import KINDS, GraphCost, graph_cost
+from targets import interchange_target
 from validation.profiles import Calibration, DeviceProfile
 
 DEVICE_DATA = Path(__file__).resolve().parent / "device_data"
@@ -117,11 +118,10 @@ def cost_source(artifact_path: Path) -> Path:
     if artifact_path.suffix in (".onnx", ".param"):
         return artifact_path
     folder = artifact_path.parent
-    manifest = folder / "manifest.json"
     try:
-        artifacts = json.loads(manifest.read_text(encoding="utf-8"))["artifacts"]
-        onnx_path = next(folder / a["path"] for a in artifacts if a.get("runtime") == "onnx")
-    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        interchange = read_manifest(folder).of_runtime(interchange_target().name)
+        onnx_path = folder / interchange[0].path if interchange else None
+    except InputError:
         onnx_path = None
     if onnx_path is None or not onnx_path.is_file():
         raise InputError(f"cannot project {artifact_path}: no ONNX graph of it in {folder}",
@@ -149,14 +149,12 @@ _POWERSAVE_WORDS = {1: "little cores", 2: "big cores"}
 
 def _declared_input_shape(graph_path: Path) -> tuple[int, ...] | None:
     """Our ncnn .param files carry no shapes; the export's manifest next to them records the input."""
-    manifest = graph_path.parent / "manifest.json"
-    if graph_path.suffix != ".param" or not manifest.is_file():
+    if graph_path.suffix != ".param":
         return None
     try:
-        shape = json.loads(manifest.read_text(encoding="utf-8"))["input"]["input_shape"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_manifest(graph_path.parent).input_shape[1:]
+    except (InputError, KeyError):
         return None
-    return tuple(shape[1:])
 
 
 # ---------------------------------------------------------------------------------------------- fitting

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from core.contract import InputContract
-from core.pixels import center_crop, resize
 from core.manifest import write_atomically
+from core.pixels import center_crop, resize
 from exporter.zoo import IMAGENET_MEAN, IMAGENET_STD, ZOO
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "digits_weights"

@@ -11,7 +11,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from exporter.zoo._blocks import ConvNormActivation, SqueezeExcitation, make_divisible
+from exporter.zoo.blocks import ConvNormActivation, SqueezeExcitation, make_divisible
 
 # (expansion, kernel, first stride, in channels, out channels, repeats): Table 1 of the paper.
 B0_STAGES = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from exporter.zoo._blocks import make_divisible
+from exporter.zoo.blocks import make_divisible
 
 # torchvision ports the TensorFlow BN momentum of 0.9997.
 _BN_MOMENTUM = 1 - 0.9997

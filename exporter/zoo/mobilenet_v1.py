@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from exporter.zoo._blocks import ConvNormActivation, init_weights
+from exporter.zoo.blocks import ConvNormActivation, init_weights
 
 WIDTH_MULTIPLIERS = (1.0, 0.75, 0.5, 0.25)
 RESOLUTIONS = (224, 192, 160, 128)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from exporter.zoo._blocks import make_divisible
+from exporter.zoo.blocks import make_divisible
 
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
 INVERTED_RESIDUAL_SETTING = (

@@ -10,7 +10,7 @@ from functools import partial
 
 from torch import nn
 
-from exporter.zoo._blocks import ConvNormActivation, SqueezeExcitation, init_weights, make_divisible
+from exporter.zoo.blocks import ConvNormActivation, SqueezeExcitation, init_weights, make_divisible
 
 _norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 

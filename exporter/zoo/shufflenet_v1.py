@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.zoo._blocks import channel_shuffle, init_weights
+from exporter.zoo.blocks import channel_shuffle, init_weights
 
 GROUPS = (1, 2, 3, 4, 8)
 STAGE_REPEATS = (4, 8, 4)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from exporter.zoo._blocks import channel_shuffle, init_weights
+from exporter.zoo.blocks import channel_shuffle, init_weights
 
 STAGE_REPEATS = (4, 8, 4)
 # Output channels of conv1, stage2, stage3, stage4, conv5 per width: Table 5 of the paper.

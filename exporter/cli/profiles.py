@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from exporter.cli.guard import guarded
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of a table")
@@ -15,7 +17,6 @@ import click
 @click.option("--debug", is_flag=True, help="show Python tracebacks")
 def profiles(as_json: bool, profile_dirs: tuple[Path, ...], debug: bool) -> None:
     """List the device profiles with their cores, threads, runtimes, FPS target and calibration error."""
-    from exporter.cli import _guarded
 
     def run() -> int:
         rows = [_row(profile) for profile in _load(profile_dirs)]
@@ -30,7 +31,7 @@ def profiles(as_json: bool, profile_dirs: tuple[Path, ...], debug: bool) -> None
                    "MACs: the same for latency proportional to multiply-adds.")
         return 0
 
-    sys.exit(_guarded(run, debug))
+    sys.exit(guarded(run, debug))
 
 
 def _load(profile_dirs: tuple[Path, ...]):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from exporter.cli.guard import EXIT_OK, guarded
+
 
 @click.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
@@ -13,11 +15,10 @@ import click
 def report(model_dir: Path, debug: bool) -> None:
     """Write MODEL_DIR/report.html, report.md and bundle.zip (artifacts, labels, contract, snippets)."""
     from exporter.bundle import write_report_and_bundle
-    from exporter.cli import EXIT_OK, _guarded
 
     def run() -> int:
         for path in write_report_and_bundle(model_dir):
             click.echo(f"wrote {path}")
         return EXIT_OK
 
-    sys.exit(_guarded(run, debug))
+    sys.exit(guarded(run, debug))

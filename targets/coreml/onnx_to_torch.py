@@ -13,9 +13,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from core.artifact import OnnxModel
 from core.errors import ConverterError
 from core.process import installed_executable, run_converter
-from core.artifact import OnnxModel
 
 # pnnx always writes these; naming each keeps them all in our folder instead of beside the source file.
 _PNNX_OUTPUTS = {

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from core.errors import ConverterError
+from targets.coreml.tools import import_coremltools
 
 BLOB_SENTINEL = 0xDEADBEEF
 BLOB_METADATA = np.dtype([("sentinel", "<u4"), ("mil_dtype", "<u4"), ("size", "<u8"), ("offset", "<u8")])
@@ -33,7 +34,7 @@ class UnverifiedOp(ConverterError):
         super().__init__(
             f"not verified: op {op_type}" + (f" ({detail})" if detail else ""),
             hint="the Core ML reference evaluator cannot run this op, so parity was not proven; export on macOS "
-            "(real Core ML runtime) or add the op to targets/_mil_reference.py",
+            "(real Core ML runtime) or add the op to targets/coreml/mil_reference.py",
         )
         self.op_type = op_type
 
@@ -100,8 +101,6 @@ def is_constant(op) -> bool:
 
 def _main_function(mlpackage: Path):
     """The saved model (not loaded into a runtime) and the main function of its ML Program."""
-    from targets.coreml import import_coremltools
-
     ct = import_coremltools()
     model = ct.models.MLModel(str(mlpackage), skip_model_load=True)
     spec = model.get_spec()

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from exporter.cli.guard import guarded
 from exporter.config import TARGET_GROUPS
+from targets import interchange_target
 
 
 @click.command()
@@ -34,21 +36,27 @@ def bench(model_dir: Path, profile_names: str | None, target: str | None, as_jso
           threads: int | None, budget_s: float, profile_dirs: tuple[Path, ...], device_spec: str | None,
           benchmark_binaries: tuple[Path, ...], debug: bool) -> None:
     """Frame rate of every artifact per device profile, measured or projected, gated at the target FPS."""
-    from exporter.cli import _guarded
 
     def run() -> int:
         from core.errors import InputError
         from exporter.progress import StageClock
         from validation.device_run import parse_device_spec
-        from validation.fps_gate import (BenchPlan, check_gate, load_export, run_bench, select_profiles, table_lines,
-                                         write_report)
+        from validation.fps_gate import (
+            BenchPlan,
+            check_gate,
+            load_export,
+            run_bench,
+            select_profiles,
+            table_lines,
+            write_report,
+        )
         from validation.host_bench import StoppingRule, default_threads
         from validation.profiles import load_profiles
 
         if benchmark_binaries and device_spec is None:
             raise InputError("--benchmark-binary runs on a device: --device adb:SERIAL is missing",
                              hint="add --device adb:SERIAL (see `adb devices`)")
-        runtimes = None if target is None else ("onnx", *TARGET_GROUPS[target][1])
+        runtimes = None if target is None else (interchange_target().name, *TARGET_GROUPS[target][1])
         model = load_export(model_dir, runtimes)
         selection = select_profiles(profile_names, load_profiles(profile_dirs), model)
         if selection.gate_host and not host:
@@ -71,4 +79,4 @@ def bench(model_dir: Path, profile_names: str | None, target: str | None, as_jso
         check_gate(report)
         return 0
 
-    sys.exit(_guarded(run, debug))
+    sys.exit(guarded(run, debug))

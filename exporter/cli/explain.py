@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from exporter.cli.guard import EXIT_OK, guarded
+
 LAYER_NAME_WIDTH = 44
 ARTIFACT_OP_WIDTH = 24
 
@@ -29,13 +31,17 @@ def explain(model_dir: Path, artifact_key: str, as_json: bool, plot_path: Path |
     """Compare an artifact's inner tensors with the ONNX model's, layer by layer, and say where the error enters.
 
     Saves the findings as MODEL_DIR/<artifact>.explain.json (the HTML report shows them) and a plot."""
-    from exporter.cli import EXIT_OK, _guarded
 
     def run() -> int:
-        from validation.explain import explain_artifact, explain_json_path, save_report
+        from core.manifest import read_manifest
+        from exporter.datasets import export_samples
+        from validation.explain import explain_artifact, explain_json_path, find_artifact, save_report
         from validation.plots import layer_error_png
 
-        report = explain_artifact(model_dir, artifact_key, max_samples=samples, calib=calib, val=val)
+        manifest = read_manifest(model_dir)
+        entry = find_artifact(manifest, artifact_key)
+        calibration, validation = export_samples(manifest.data, manifest.contract(), calib, val)
+        report = explain_artifact(manifest, entry, validation, calibration, max_samples=samples)
         json_path = explain_json_path(model_dir, report.artifact)
         save_report(report, json_path)
         png_path = plot_path or json_path.with_suffix(".png")
@@ -48,7 +54,7 @@ def explain(model_dir: Path, artifact_key: str, as_json: bool, plot_path: Path |
             click.echo(f"saved: {json_path} and the plot {png_path}")
         return EXIT_OK
 
-    sys.exit(_guarded(run, debug))
+    sys.exit(guarded(run, debug))
 
 
 def table_lines(report) -> list[str]:

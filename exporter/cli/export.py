@@ -1,30 +1,17 @@
-"""The `mobile-export` command. The only place that prints results and turns errors into exit codes."""
+"""`mobile-export export` and `mobile-export models`."""
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import traceback
 from pathlib import Path
 
 import click
 
-from exporter.config import TARGET_GROUPS
 from core.errors import GateFailed, MobileExportError, most_severe
-
-EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_CONVERTER = 0, 1, 2, 3
-
-
-def _echo_err(line: str) -> None:
-    click.echo(line, err=True)
+from exporter.cli.guard import EXIT_OK, echo_err, guarded, terminate_like_ctrl_c
+from exporter.config import DEFAULT_TARGET, TARGET_GROUPS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Export trained lightweight CNNs to mobile runtimes, with parity proof."""
-
-
-@main.command()
+@click.command()
 @click.option("--model", help="zoo:NAME, python:pkg.module:factory, model.pt (TorchScript), model.pt2, model.onnx")
 @click.option("--weights", help="state_dict to load: .pt/.pth (tensors only) or .safetensors")
 @click.option("--trust-pickle", is_flag=True, default=None, help="allow loading pickled Python objects (runs code!)")
@@ -36,7 +23,7 @@ def main() -> None:
 @click.option("--calib", help="folder of photos or .npy for int8 calibration (default: built-in sample photos)")
 @click.option("--val", help="folder of photos or .npy for parity (default: held-out part of --calib)")
 @click.option("--labels", help="text file with one class name per output, in order")
-@click.option("--target", type=click.Choice(list(TARGET_GROUPS)), help="what to build (default android)")
+@click.option("--target", type=click.Choice(list(TARGET_GROUPS)), help=f"what to build (default {DEFAULT_TARGET})")
 @click.option("--out", help="output folder (default out); artifacts go to OUT/<model>/")
 @click.option("--int8-io", is_flag=True, default=None, help="int8 input/output tensors for int8 artifacts")
 @click.option("--pure-int8", is_flag=True, default=None,
@@ -60,11 +47,11 @@ def export(config_path: Path | None, debug: bool, keep_going: bool, **flags) -> 
         spec = build_spec(flags, config_path)
         return _export(spec, keep_going)
 
-    with _terminate_like_ctrl_c():
-        sys.exit(_guarded(run, debug))
+    with terminate_like_ctrl_c():
+        sys.exit(guarded(run, debug))
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of a table")
 def models(as_json: bool) -> None:
     """List the zoo models with parameters, MACs, input size, final feature map and receptive field."""
@@ -95,7 +82,7 @@ def _export(spec, keep_going: bool = False) -> int:
     from exporter.progress import StageClock
     from validation.report import summary_lines
 
-    report = run_export(spec, StageClock(_echo_err), keep_going=keep_going)
+    report = run_export(spec, StageClock(echo_err), keep_going=keep_going)
     for line in summary_lines(report):
         click.echo(line)
     if report.failures:
@@ -118,54 +105,3 @@ def _failed_targets_error(report) -> MobileExportError:
     summary = (f"{len(report.failures)} target(s) failed ({names}); the other artifacts were published and "
                f"the manifest lists the failures{gates}:\n{details}")
     return most_severe([failure.error for failure in report.failures], summary)
-
-
-@contextlib.contextmanager
-def _terminate_like_ctrl_c():
-    """SIGTERM (a CI job cancelled, `kill`) stops the export like Ctrl-C: converters stopped, staging removed."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (embedded use): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _guarded(run, debug: bool) -> int:
-    try:
-        return run()
-    except MobileExportError as error:
-        if debug:
-            traceback.print_exc()
-        _echo_err(f"error: {error.message}")
-        if error.hint:
-            _echo_err(f"  fix: {error.hint}")
-        return error.exit_code
-    except KeyboardInterrupt:
-        _echo_err("interrupted: earlier artifacts and manifest are left as they were")
-        return 130
-    except Exception as error:  # a bug of ours or of a library: must not pass for a failed gate (exit 1)
-        traceback.print_exc()
-        _echo_err(f"error: unexpected {type(error).__name__} in mobile-export: {error}")
-        _echo_err("  fix: nothing was published for the failing stage; please report this with the traceback above")
-        return EXIT_CONVERTER
-
-
-from exporter.bench_cli import bench  # noqa: E402 (a command of its own module, registered on the group)
-main.add_command(bench)
-from exporter.profiles_cli import profiles  # noqa: E402 (same pattern: `mobile-export profiles`)
-main.add_command(profiles)
-from exporter.explain_cli import explain  # noqa: E402 (same pattern: `mobile-export explain`)
-main.add_command(explain)
-from exporter.report_cli import report  # noqa: E402 (same pattern: `mobile-export report`)
-main.add_command(report)
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,4 @@
+"""`python -m exporter.cli ...`: the mobile-export command."""
+from exporter.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""coremltools, imported quietly, and which evaluator runs ML Programs on this machine."""
+from __future__ import annotations
+
+import os
+import sys
+
+from core.capture import output_to
+from core.errors import ConverterError
+
+EVALUATOR_RUNTIME, EVALUATOR_REFERENCE = "coreml-runtime", "reference"
+
+
+def import_coremltools():
+    """coremltools imports TensorFlow when it is installed and prints to the terminal while doing so."""
+    if "coremltools" in sys.modules:
+        return sys.modules["coremltools"]
+    try:
+        with output_to(os.devnull):
+            import coremltools
+    except ImportError as error:
+        raise ConverterError(f"coremltools is not installed ({error})",
+                             hint="run `make venv` to install the pinned tools") from None
+    return coremltools
+
+
+def evaluator_name(platform: str | None = None) -> str:
+    """The real Core ML runtime exists on macOS only; everywhere else the reference evaluator runs."""
+    return EVALUATOR_RUNTIME if (platform or sys.platform) == "darwin" else EVALUATOR_REFERENCE
