@@ -5,33 +5,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DIGIT_SIZE = 32
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
-def digit_photos(count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's 8x8 handwritten digits as 32x32 RGB uint8 photos (white ink tinted per digit)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images, labels = digits.images[:count], digits.target[:count]
-    photos = []
-    for image in images:
-        gray = Image.fromarray((image / 16.0 * 255).astype(np.uint8)).resize((DIGIT_SIZE, DIGIT_SIZE), Image.BILINEAR)
-        gray = np.asarray(gray, dtype=np.float32)
-        rgb = np.stack([gray, gray * 0.8 + 20, 255 - gray * 0.9], axis=2)
-        photos.append(np.clip(rgb, 0, 255).astype(np.uint8))
-    return np.stack(photos), labels
-
-
-def preprocess(photos: np.ndarray) -> np.ndarray:
-    tensors = (photos.astype(np.float32) / 255.0 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
-    return tensors.transpose(0, 3, 1, 2).copy()
+from tests.helpers import DIGIT_NAMES, DIGITS_CONTRACT, MEAN, REPO, STD, digit_photos, preprocess, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +79,18 @@ def digits_android_export(user_package, digit_photo_folder, tmp_path_factory) ->
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "my_mod"
+
+
+@pytest.fixture(scope="session")
+def ios_export(user_package, digit_photo_folder, tmp_path_factory):
+    """The digits model exported with --target ios (Core ML fp32/fp16/int8 and 6-bit palettized), once per
+    session: (the CLI's CompletedProcess, OUT/my_mod)."""
+    out = tmp_path_factory.mktemp("ios_out")
+    labels = out / "digits.txt"
+    labels.write_text("\n".join(DIGIT_NAMES) + "\n")
+    result = run_cli(
+        ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT, "--calib", str(digit_photo_folder),
+         "--labels", str(labels), "--coreml-palettize", "--target", "ios", "--out", str(out)],
+        cwd=user_package,
+    )
+    return result, out / "my_mod"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from graph.passes.equalize import equalize_activation_ranges
-from targets.activation_ranges import mse_optimal_range, percentile_range
+from targets.tflite.activation_ranges import mse_optimal_range, percentile_range
 
 
 def skewed_chain(activation: nn.Module) -> nn.Module:
@@ -161,7 +161,7 @@ def test_inner_tensors_returns_the_samples_for_the_graph_input(tmp_path):
 
 
 def test_range_methods_near_the_best_are_shortlisted_for_bias_correction_and_far_ones_are_not():
-    from targets.activation_ranges import shortlist
+    from targets.tflite.activation_ranges import shortlist
 
     # MobileNetV2's measured scores: min/max has twice the error of the others.
     assert shortlist({"mse": 0.994766, "percentile": 0.995415, "minmax": 0.98935}) == ["mse", "percentile"]
@@ -170,7 +170,7 @@ def test_range_methods_near_the_best_are_shortlisted_for_bias_correction_and_far
 
 
 def test_a_range_method_replaces_the_preferred_one_only_when_it_leads_by_more_than_noise():
-    from targets.activation_ranges import clear_winner
+    from targets.tflite.activation_ranges import clear_winner
 
     photos = np.random.default_rng(0).normal(size=32)
     preferred = 0.999 + 1e-4 * photos

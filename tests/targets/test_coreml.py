@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.config import build_spec
 from core.contract import InputContract
 from core.errors import ConverterError
-from tests.test_contract_and_config import NO_FLAGS
-from tests.test_end_to_end import DIGITS_CONTRACT, run_cli
+from exporter.config import build_spec
+from tests.helpers import DIGIT_NAMES, NO_FLAGS
 
 EXPECTED_EVALUATOR = "coreml-runtime" if sys.platform == "darwin" else "reference"
 
@@ -31,26 +30,10 @@ def _digits_module(user_package: Path):
 
 
 def _digit_tensors(count: int = 40) -> np.ndarray:
-    from tests.conftest import digit_photos, preprocess
+    from tests.helpers import digit_photos, preprocess
 
     photos, _ = digit_photos(1797)
     return preprocess(photos[-count:])  # the fixture trained on the first 1500
-
-
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-@pytest.fixture(scope="module")
-def ios_export(user_package, digit_photo_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ios_out")
-    labels = out / "digits.txt"
-    labels.write_text("\n".join(DIGIT_NAMES) + "\n")
-    result = run_cli(
-        ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT, "--calib", str(digit_photo_folder),
-         "--labels", str(labels), "--coreml-palettize", "--target", "ios", "--out", str(out)],
-        cwd=user_package,
-    )
-    return result, out / "my_mod"
 
 
 def test_ios_export_builds_mlpackages_whose_parity_the_evaluator_computed(ios_export):
@@ -77,7 +60,7 @@ def test_ios_export_builds_mlpackages_whose_parity_the_evaluator_computed(ios_ex
 
 
 def test_mlpackage_checksum_covers_every_file_and_metadata_is_set(ios_export):
-    from targets.coreml import import_coremltools
+    from targets.coreml.tools import import_coremltools
 
     _, model_dir = ios_export
     manifest = json.loads((model_dir / "manifest.json").read_text())
@@ -97,13 +80,13 @@ def test_mlpackage_checksum_covers_every_file_and_metadata_is_set(ios_export):
 
 
 def test_the_classifier_labels_each_score_with_its_class_name(ios_export):
-    from targets._mil_reference import class_labels, load_program
+    from targets.coreml.mil_reference import class_labels, load_program
 
     _, model_dir = ios_export
     package = model_dir / "my_mod_fp32.mlpackage"
     assert class_labels(package) == DIGIT_NAMES
     samples = _digit_tensors(5)
-    from targets.coreml import image_preprocessing
+    from targets.coreml.preprocessing import image_preprocessing
 
     contract = InputContract((1, 3, 32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     pixels = image_preprocessing(contract).pixels_from_tensor(samples[:1])
@@ -113,7 +96,7 @@ def test_the_classifier_labels_each_score_with_its_class_name(ios_export):
 
 @pytest.mark.parametrize("precision", ["int8", "palette6"])
 def test_weights_are_read_without_running_the_program_and_match_a_full_run(ios_export, precision):
-    from targets._mil_reference import is_constant, load_program
+    from targets.coreml.mil_reference import is_constant, load_program
 
     _, model_dir = ios_export
     program = load_program(model_dir / f"my_mod_{precision}.mlpackage")
@@ -129,7 +112,7 @@ def test_weights_are_read_without_running_the_program_and_match_a_full_run(ios_e
 
 def scale_first_channel_of_conv(package: Path, position: int, factor: float) -> None:
     """Multiply the first output channel of the position-th float32 convolution's weights, in weights/weight.bin."""
-    from targets._mil_reference import BLOB_METADATA, load_program
+    from targets.coreml.mil_reference import BLOB_METADATA, load_program
 
     program = load_program(package)
     conv = [op for op in program.operations if op.type == "conv"][position]
@@ -154,8 +137,8 @@ def test_a_corrupted_weight_in_the_saved_package_fails_parity(ios_export, user_p
     import torch
 
     from core.artifact import Artifact
-    from targets.coreml import CoreMLTarget
     from core.parity import DEFAULT_THRESHOLDS, compare
+    from targets.coreml import CoreMLTarget
 
     _, model_dir = ios_export
     manifest = json.loads((model_dir / "manifest.json").read_text())
@@ -249,7 +232,7 @@ def test_an_onnx_source_converts_through_a_regenerated_pytorch_module(tmp_path):
 
 
 def test_repeated_labels_get_their_class_index_and_other_outputs_get_no_classifier():
-    from targets.coreml import classifier_labels
+    from targets.coreml.convert import classifier_labels
 
     assert classifier_labels(("cat", "sunglasses", "dog", "sunglasses"), (1, 4)) == (
         "cat", "sunglasses #1", "dog", "sunglasses #3")
@@ -259,7 +242,7 @@ def test_repeated_labels_get_their_class_index_and_other_outputs_get_no_classifi
 
 
 def test_the_real_runtime_is_chosen_on_macos_only():
-    from targets.coreml import evaluator_name
+    from targets.coreml.tools import evaluator_name
 
     assert evaluator_name("darwin") == "coreml-runtime"
     assert evaluator_name("linux") == "reference" and evaluator_name("win32") == "reference"
@@ -270,13 +253,15 @@ def test_the_runtime_branch_feeds_pixels_and_orders_classifier_scores(ios_export
     and answers like Core ML does, a label -> score dictionary; the runner must restore class-index order."""
     from PIL import Image
 
-    from targets import coreml
     from core.artifact import Artifact
+    from targets.coreml.preprocessing import preprocessing_of
+    from targets.coreml.runner import CoreMLRunner
+    from targets.coreml.tools import import_coremltools
 
     _, model_dir = ios_export
     fed = []
 
-    real_mlmodel = coreml.import_coremltools().models.MLModel
+    real_mlmodel = import_coremltools().models.MLModel
 
     class FakeMLModel:
         def __init__(self, path, compute_units=None, skip_model_load=False):
@@ -290,12 +275,12 @@ def test_the_runtime_branch_feeds_pixels_and_orders_classifier_scores(ios_export
             return {"classLabel": "nine", "classLabel_probs": {name: float(i) for i, name in
                                                                 reversed(list(enumerate(DIGIT_NAMES)))}}
 
-    monkeypatch.setattr(coreml.import_coremltools().models, "MLModel", FakeMLModel)
+    monkeypatch.setattr(import_coremltools().models, "MLModel", FakeMLModel)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     record = next(a for a in manifest["artifacts"] if a["runtime"] == "coreml" and a["precision"] == "fp16")
     artifact = Artifact(model_dir / record["path"], "coreml", "fp16", details=record["details"])
-    preprocessing = coreml.preprocessing_of(artifact)
-    runner = coreml.CoreMLRunner(artifact.path, preprocessing, record["details"]["output_name"],
+    preprocessing = preprocessing_of(artifact)
+    runner = CoreMLRunner(artifact.path, preprocessing, record["details"]["output_name"],
                                  evaluator="coreml-runtime")
     samples = _digit_tensors(2)
     scores = runner.run(samples)
@@ -309,7 +294,7 @@ def test_the_runtime_branch_feeds_pixels_and_orders_classifier_scores(ios_export
 
 @pytest.mark.parametrize("std, color", [((0.25, 0.25, 0.25), "rgb"), ((0.229, 0.224, 0.225), "bgr")])
 def test_image_input_preprocessing_reproduces_the_contract(std, color):
-    from targets.coreml import image_preprocessing
+    from targets.coreml.preprocessing import image_preprocessing
 
     contract = InputContract((1, 3, 4, 5), (0.485, 0.456, 0.406), std, color)
     preprocessing = image_preprocessing(contract)
@@ -341,7 +326,7 @@ def test_explain_on_a_damaged_core_ml_package_points_at_the_damaged_layer(ios_ex
     from click.testing import CliRunner
 
     from exporter.cli import main
-    from tests.test_explain import onnx_weighted_layers
+    from tests.validation.test_explain import onnx_weighted_layers
 
     _, exported = ios_export
     model_dir = tmp_path / "my_mod"

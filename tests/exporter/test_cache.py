@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.cache import conversion_key
-from core.contract import InputContract
 from core.artifact import ConversionJob, OnnxModel
-from tests.test_end_to_end import DIGITS_CONTRACT, run_cli
+from core.contract import InputContract
+from exporter.cache import conversion_key
+from tests.helpers import DIGITS_CONTRACT, run_cli
 
 
 @pytest.fixture()

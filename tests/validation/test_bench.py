@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from exporter.bench_cli import bench
-from validation.device_run import parse_benchmark_model, parse_benchncnn
+from exporter.cli.bench import bench
+from targets.ncnn.device import parse_benchncnn
+from targets.tflite.device import parse_benchmark_model
 from validation.host_bench import MeasureRequest, StoppingRule, measure_on_host, time_runs
 from validation.profiles import BUILTIN_PROFILES_DIR, load_profiles
 

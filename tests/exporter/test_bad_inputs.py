@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from exporter.cli import main
 from exporter.publish import LOCK_NAME
 from exporter.zoo.mobilenet_v2 import mobilenet_v2
+from tests.helpers import REPO
 
 DIGITS_CONTRACT = ["--input-shape", "1,3,32,32", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
 DIGITS = ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT]
@@ -421,7 +422,7 @@ def test_a_truncated_onnx_model_exits_2_within_seconds_with_one_short_message(tm
         [sys.executable, "-m", "exporter.cli", "export", "--model", str(truncated), "--input-shape", "1,3,32,32",
          "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     seconds = time.monotonic() - started
     message = [line for line in result.stderr.splitlines() if not line.startswith(("·", "✗"))]

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 sys.path.insert(0, str(REPO / "bench"))
 
 import heldout_photos  # noqa: E402
@@ -21,9 +21,8 @@ def test_the_labelled_photos_are_imagenet_photos_our_mobilenet_v2_recognises():
 
     from exporter.config import build_spec
     from exporter.datasets import ten_crop_tensors
-    from exporter.sources import load_model
-
     from exporter.images import imagenet_label, imagenet_sample_photos
+    from exporter.sources import load_model
 
     photos = imagenet_sample_photos()
     labels = [imagenet_label(photo) for photo in photos]

@@ -221,7 +221,10 @@ def test_an_artifact_of_an_export_folder_is_projected_from_the_exports_onnx(expo
     path, _ = exported_onnx
     shutil.copy(path, tmp_path / "net.onnx")
     (tmp_path / "net_fp32.tflite").write_bytes(b"not read")
-    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": [{"path": "net.onnx", "runtime": "onnx"}]}))
+    onnx_entry = {"path": "net.onnx", "runtime": "onnx", "precision": "fp32", "target": "android",
+                  "files": [{"path": "net.onnx", "sha256": "", "bytes": 0}]}
+    (tmp_path / "manifest.json").write_text(json.dumps({"model": {"name": "net"}, "input": {"input_shape": [1, 3, 224, 224]},
+                                                        "artifacts": [onnx_entry]}))
     profile = load_profiles()["pixel-8"]
     from_tflite = project_latency(profile, tmp_path / "net_fp32.tflite", "fp32")
     assert from_tflite.latency_ms == pytest.approx(project_latency(profile, tmp_path / "net.onnx", "fp32").latency_ms)

@@ -5,7 +5,7 @@ Loaders: an ONNX --model (parse, external data, checker, ONNX Runtime, onnxsim),
 .param and .bin, calibration photos (PIL), --weights (torch.load weights_only) and calibration .npy. Native
 runtimes (LiteRT, ncnn, ONNX Runtime) go through exporter.loading, which opens each file in a child first:
 without it, LiteRT segfaults on a truncated .tflite. Each kind of file runs in a child process of this
-test (`python tests/test_fuzz.py KIND ...`), so a crash is seen as one, with the case that caused it.
+test (`python tests/exporter/test_fuzz.py KIND ...`), so a crash is seen as one, with the case that caused it.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 INPUT_SHAPE = (1, 3, 32, 32)
 TRUNCATIONS = (0.0, 0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.995)
 BIT_FLIPS = ((0, 1), (1, 1), (2, 1), (3, 1), (4, 16), (5, 16), (6, 16), (7, 16))  # (seed, bits flipped)
@@ -115,22 +116,22 @@ def _load_onnx_model_source(path: Path, workdir: Path, contract) -> None:
 
     from exporter import onnx_stage
     from exporter.loading import open_checked
-    from exporter.pipeline import _onnx_artifact
     from exporter.sources import copy_checked_onnx, load_model
+    from targets import interchange_target
 
     load_model(str(path))
     staged = workdir / path.stem / "source.onnx"
     staged.parent.mkdir(parents=True)
     copy_checked_onnx(path, staged)
-    artifact = _onnx_artifact(onnx_stage.describe(staged, contract))
+    artifact = interchange_target().interchange_artifact(onnx_stage.describe(staged, contract))
     runner = open_checked(artifact, INPUT_SHAPE, log_path=workdir / "onnx.log", timeout_s=LOAD_CHECK_TIMEOUT_S)
     runner.run(np.zeros(INPUT_SHAPE, np.float32))
     onnx_stage.simplify_and_check(staged, workdir / "onnx.log")
 
 
 def _open_artifact(kind: str, path: Path, workdir: Path, companions: list[Path]):
-    from exporter.loading import open_checked
     from core.artifact import Artifact
+    from exporter.loading import open_checked
 
     if kind == "tflite":
         artifact = Artifact(path=path, runtime="tflite", precision="int8")

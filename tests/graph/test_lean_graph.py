@@ -12,14 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from core.artifact import ConversionJob, OnnxModel
 from core.contract import InputContract
 from core.pixels import center_crop
 from exporter.onnx_stage import export_from_torch, simplify_and_check
 from exporter.zoo import ZOO
-from exporter.zoo._blocks import channel_shuffle
 from exporter.zoo.shufflenet_v1 import ShuffleUnit
 from exporter.zoo.shufflenet_v2 import InvertedResidual
-from core.artifact import ConversionJob, OnnxModel
 from graph.passes.lean_graph import lean_graph, with_lean_graph
 
 SIZE = 32

@@ -145,12 +145,12 @@ def test_photos_given_with_val_are_compared_on_but_never_calibrated_with(digit_p
     """An export that held out part of its --calib photos: explain --val compares on other photos, and the
     calibration (which sets the equalization its reference re-applies) stays the export's own."""
     from core.contract import InputContract
-    from validation.explain import _rebuild_samples
+    from exporter.datasets import export_samples
 
     contract = InputContract((1, 3, 32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     data = {"calibration_source": str(digit_photo_folder), "validation_source": "held-out part of the calibration set"}
-    calibration, validation = _rebuild_samples(data, contract, None, None)
-    other_calibration, other_validation = _rebuild_samples(data, contract, None, str(digit_photo_folder))
+    calibration, validation = export_samples(data, contract, None, None)
+    other_calibration, other_validation = export_samples(data, contract, None, str(digit_photo_folder))
     assert np.array_equal(other_calibration, calibration)
     photo_count = len([p for p in digit_photo_folder.rglob("*") if p.is_file()])
     assert len(other_validation) == 10 * photo_count != len(validation)

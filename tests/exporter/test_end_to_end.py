@@ -3,20 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-DIGITS_CONTRACT = ["--input-shape", "1,3,32,32", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
-CLI = [sys.executable, "-m", "exporter.cli"]
-
-
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run([*CLI, "export", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=1200)
+from tests.helpers import DIGITS_CONTRACT, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +57,7 @@ def test_parity_meets_the_precision_thresholds(android_export):
 
 
 def test_int8_activation_ranges_were_chosen_among_every_method_by_measured_agreement(android_export):
-    from targets.activation_ranges import RANGE_METHODS
+    from targets.tflite.activation_ranges import RANGE_METHODS
 
     _, model_dir, _, _ = android_export
     manifest = json.loads((model_dir / "manifest.json").read_text())

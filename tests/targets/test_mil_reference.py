@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from targets._mil_reference import OPS, UnverifiedOp, _Execution, load_program
-from targets.coreml import import_coremltools
+from targets.coreml.mil_reference import OPS, UnverifiedOp, _Execution, load_program
+from targets.coreml.tools import import_coremltools
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((2, 6, 5, 5)).astype(np.float32) * 4

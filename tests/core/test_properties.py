@@ -8,12 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from exporter.config import parse_number_list
 from core.contract import InputContract
-from exporter.datasets import DatasetPlan, build_datasets
 from core.errors import InputError
 from core.pixels import center_crop, random_crop, ten_crop
-from targets.coreml import image_preprocessing
+from exporter.config import parse_number_list
+from exporter.datasets import DatasetPlan, build_datasets
+from targets.coreml.preprocessing import image_preprocessing
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 sizes = st.integers(min_value=1, max_value=96)

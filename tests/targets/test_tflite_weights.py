@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from targets.tflite_weights import substitute_edited_weights
+from targets.tflite.weights import substitute_edited_weights
 
 
 def onnx_with(initializers: dict[str, np.ndarray]) -> onnx.ModelProto:

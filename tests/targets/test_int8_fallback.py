@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from torch import nn
 
-from core.contract import InputContract
 from core.artifact import ConversionJob, OnnxModel
-from targets.tflite import LiteRTRunner, TFLiteTarget
-from targets.tflite_fallback import FallbackSteps, FloatRegion, keep_sensitive_tensors_float
-from tests.conftest import MEAN, STD, digit_photos, preprocess
+from core.contract import InputContract
 from core.parity import DEFAULT_THRESHOLDS, ParityThresholds, compare
+from targets.tflite import TFLiteTarget
+from targets.tflite.fallback import FallbackSteps, FloatRegion, keep_sensitive_tensors_float
+from targets.tflite.runner import LiteRTRunner
+from tests.helpers import MEAN, STD, digit_photos, preprocess
 
 CONTRACT = InputContract(input_shape=(1, 3, 32, 32), mean=MEAN, std=STD)
 OFFSET = 300.0  # one channel sits this far above the others, whose values stay within a few units
@@ -117,7 +117,8 @@ def test_pure_int8_keeps_every_op_integer_and_lets_the_gate_fail(offset_channel_
 
 def test_each_layers_graph_prefix_computes_exactly_what_the_whole_model_does(offset_channel_onnx, pure_int8):
     """Bias correction measures each layer on the model cut after it: the cut must change no value."""
-    from targets.tflite import _graph_prefix, _layer_outputs, _model_object, _weighted_ops
+    from targets.tflite.int8 import _graph_prefix, _layer_outputs, _weighted_ops
+    from targets.tflite.runner import model_object as _model_object
 
     samples = np.ascontiguousarray(offset_channel_onnx[2][:4].transpose(0, 2, 3, 1))
     model_bytes = pure_int8.path.read_bytes()

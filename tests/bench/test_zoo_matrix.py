@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 sys.path.insert(0, str(REPO / "bench"))
 
 import zoo_matrix  # noqa: E402
 
-from exporter.zoo import ZOO  # noqa: E402
-from exporter.zoo import digits  # noqa: E402
+from exporter.zoo import (
+    ZOO,  # noqa: E402
+    digits,  # noqa: E402
+)
 
 SHUFFLES = {"shufflenet_v2_x0_5": 16, "shufflenet_v2_x1_0": 16, "shufflenet_v1_g3": 16}
 

@@ -3,14 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.config import build_spec
 from core.contract import InputContract
 from core.errors import InputError
-
-NO_FLAGS = dict.fromkeys(
-    ["model", "target", "out", "weights", "trust_pickle", "calib", "val", "labels", "int8_io", "pure_int8", "timeout_s",
-     "input_shape", "mean", "std", "color", "pixel_scale", "rebuild"]
-)
+from exporter.config import build_spec
+from tests.helpers import NO_FLAGS
 
 
 def test_preprocess_applies_scale_mean_std_and_color_order():

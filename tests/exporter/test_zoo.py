@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,9 @@ from torch import nn
 
 from exporter.model_stats import model_stats
 from exporter.zoo import ZOO
-from exporter.zoo._blocks import SqueezeExcitation
+from exporter.zoo.blocks import SqueezeExcitation
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.03
 
 # name: (params in millions or None, MACs in millions, where the figure is published)

@@ -249,9 +249,10 @@ def test_bundle_refuses_a_manifest_path_that_leads_out_of_the_model_folder(repor
 
 
 def test_core_ml_snippet_names_the_generated_class_and_reads_the_classifier():
-    from exporter.bundle import Contract, coreml_swift
+    from core.target import SnippetContract
+    from targets.coreml.snippet import coreml_swift
 
-    contract = Contract("input", 3, 224, 224, "bgr", 255.0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    contract = SnippetContract("input", 3, 224, 224, "bgr", 255.0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     artifact = {"path": "my-net_int8.mlpackage", "precision": "int8",
                 "details": {"input": {"name": "image"}, "classifier": {"scores_output": "var_1"}}}
     swift = coreml_swift(contract, artifact)
