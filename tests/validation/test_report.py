@@ -144,11 +144,22 @@ def test_parity_section_names_each_changed_top1_answer_and_the_references_lead(r
 
 
 def test_parity_table_gives_top1_agreement_with_its_95_percent_interval(reported):
+    """Each artifact's interval is the Wilson score interval of its own count of agreeing samples, computed
+    here by scipy (whose Wilson interval reproduces Newcombe 1998, Table I: 81 of 263 -> 0.2553-0.3662), and
+    both reports print it next to the agreement."""
+    from scipy.stats import binomtest
+
     manifest = json.loads((reported / "manifest.json").read_text())
-    (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
-    low, high = int8["parity"]["top1_interval"]
-    assert low <= int8["parity"]["top1_agreement"] <= high
-    assert f"{int8['parity']['top1_agreement']:.3f} ({low:.3f}-{high:.3f})" in (reported / "report.md").read_text()
+    markdown, page = (reported / "report.md").read_text(), (reported / "report.html").read_text()
+    for artifact in manifest["artifacts"]:
+        parity = artifact["parity"]
+        agreeing = parity["samples"] - len(parity["top1_changes"])
+        assert parity["top1_agreement"] == agreeing / parity["samples"]
+        wilson = binomtest(agreeing, parity["samples"]).proportion_ci(0.95, method="wilson")
+        # scipy's z is 1.959964, ours 1.96: on 150 samples the bounds differ by 1e-6 at most.
+        assert parity["top1_interval"] == pytest.approx([wilson.low, wilson.high], abs=1e-5), artifact["path"]
+        printed = f"{agreeing / parity['samples']:.3f} ({wilson.low:.3f}-{wilson.high:.3f})"
+        assert f"| {printed} |" in markdown and f"<td>{printed}</td>" in page, (artifact["path"], printed)
 
 
 def test_parity_section_says_which_tensors_an_int8_artifact_keeps_in_float_and_why(reported, tmp_path):
@@ -172,11 +183,68 @@ def test_parity_section_says_which_tensors_an_int8_artifact_keeps_in_float_and_w
     assert expected in (model_dir / "report.html").read_text()
 
 
+# What makes a browser fetch: a URL of a network scheme or a protocol-relative one ("//host/..."), and in CSS
+# every @import and every url() that is not inline data (a relative one would fetch a file the bundle lacks).
+NETWORK_URL = re.compile(r"^\s*(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)
+CSS_FETCHES = re.compile(r"""@import\b[^;]*|url\(\s*(?!["']?\s*data:)[^)]*\)""", re.IGNORECASE)
+
+
+class NetworkReferences(HTMLParser):
+    """Everything in a page that would load from elsewhere: attribute values holding a network URL (src, href,
+    srcset, a refresh's url=, ...), CSS fetches in <style> and style="", and network URLs in scripts."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+        self._element = None
+
+    def handle_starttag(self, tag, attrs):
+        self._element = tag
+        for name, value in attrs:
+            if value is None or value.lstrip().lower().startswith("data:"):
+                continue
+            if name == "style":
+                self.found += CSS_FETCHES.findall(value)
+            self.found += [part for part in re.split(r"[\s,;=]+", value) if NETWORK_URL.match(part)]
+
+    def handle_endtag(self, tag):
+        self._element = None
+
+    def handle_data(self, data):
+        if self._element == "style":
+            self.found += CSS_FETCHES.findall(data)
+        elif self._element == "script":
+            self.found += re.findall(r"(?:https?|wss?|ftp):[^\s'\")]*", data, re.IGNORECASE)
+
+
+def network_references(page: str) -> list[str]:
+    parser = NetworkReferences()
+    parser.feed(page)
+    parser.close()
+    return parser.found
+
+
 def test_html_loads_nothing_from_the_network(reported):
     page = (reported / "report.html").read_text()
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    assert network_references(page) == []
     sources = re.findall(r'<img[^>]*src="([^"]{0,30})', page)
     assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
+    # The page also tells the browser so: nothing from anywhere but its own inline styles, script and images.
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page).group(1)
+    assert policy.startswith("default-src 'none';") and not re.search(r"https?:|\*|//", policy)
+    # The same report with one fetch added, each in a way the page's own markup could carry it.
+    fetches = {
+        "css url": ("</style>", "body{background:url(http://example.com/paper.png)}</style>"),
+        "css @import": ("<style>", "<style>@import 'https://fonts.example.com/sans.css';"),
+        "inline style": ("<body", '<body style="background-image: url( //cdn.example.com/x.png)"'),
+        "srcset": ("<img ", '<img srcset="https://example.com/plot@2x.png 2x" '),
+        "stylesheet": ("</head>", '<link rel="stylesheet" href="https://example.com/s.css"></head>'),
+        "refresh": ("</head>", '<meta http-equiv="refresh" content="0; url=https://example.com/"></head>'),
+        "script": ("</script>", "fetch('https://example.com/beacon');</script>"),
+    }
+    for name, (anchor, replacement) in fetches.items():
+        assert anchor in page, name
+        assert network_references(page.replace(anchor, replacement, 1)), f"{name} slipped through"
 
 
 def test_bundle_holds_the_checked_artifacts_labels_contract_and_snippets(reported):
