@@ -137,6 +137,26 @@ def test_parity_data_holds_training_digits_for_calibration_and_held_out_digits_f
     assert len(calibration) <= digits.TRAIN_COUNT
 
 
+def test_a_zoo_model_exports_by_the_command_line_into_one_passing_row_per_artifact(tmp_path, monkeypatch):
+    """The matrix's fast form, for `make test`: one zoo model with channel shuffles, through the same child
+    `mobile-export export` the slow run starts, to ncnn (seconds; TFLite's conversion takes minutes, and its
+    lean shuffles have their fast test in tests/graph/test_lean_graph.py). Its packaged digit weights, parity
+    on the held-out digits, every gate passed, and the shuffles kept as ShuffleChannel, no Permute."""
+    monkeypatch.setenv("MOBILE_EXPORT_CACHE", str(tmp_path / "cache"))  # the digit photos, written once
+
+    exit_code = zoo_matrix.main(["--models", "shufflenet_v2_x0_5", "--target", "ncnn", "--out", str(tmp_path)])
+
+    rows = json.loads((tmp_path / "zoo_matrix.json").read_text())["rows"]
+    assert exit_code == 0, rows
+    assert [row["artifact"] for row in rows] == ["onnx fp32", "ncnn fp32", "ncnn fp16"]
+    assert all(row["passed"] and row["weights"] == "digits (trained)" for row in rows), rows
+    manifest = json.loads((tmp_path / "shufflenet_v2_x0_5" / "manifest.json").read_text())
+    assert {artifact["parity"]["samples"] for artifact in manifest["artifacts"]} == {1797 - digits.TRAIN_COUNT}
+    ncnn_ops = [artifact["details"]["ops"] for artifact in manifest["artifacts"] if artifact["runtime"] == "ncnn"]
+    assert all(ops["ShuffleChannel"] == SHUFFLES["shufflenet_v2_x0_5"] for ops in ncnn_ops)
+    assert [row["transposes"] for row in rows] == [None, 0, 0]
+
+
 @pytest.mark.slow
 def test_representative_zoo_models_export_to_android_with_parity_and_lean_shuffles(tmp_path):
     """The matrix on three families, with trained weights: a ShuffleNet (channel shuffle), a MobileNetV3 (SE,
