@@ -40,7 +40,8 @@ class CoreMLRunner:
         pixels = self._preprocessing.pixels_from_tensor(batch_nchw)
         if self.evaluator == EVALUATOR_REFERENCE:
             return self._program.run({INPUT_NAME: pixels})[self._output_name]
-        # Not run here: this branch needs macOS (the Core ML runtime); Linux CI tests only its selection.
+        # Not run here: this branch needs macOS (the Core ML runtime); Linux CI tests its selection, and this
+        # glue against a stand-in MLModel.
         output = self._model.predict({INPUT_NAME: _pil_image(pixels[0], self._preprocessing.color_layout)})
         scores = output[self._output_name]
         if isinstance(scores, dict):  # a classifier's score dictionary, back into class-index order
