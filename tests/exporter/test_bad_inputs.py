@@ -306,8 +306,29 @@ CASES: dict[str, Case] = {
 }
 
 
-def test_the_table_is_long_enough():
-    assert len(CASES) >= 15
+def test_every_exit_code_an_export_error_can_carry_is_the_outcome_of_a_case():
+    """Each error class of the product (core/errors.py and any subclass a module adds) ends an export with its
+    exit code; the table must show each of those endings, clean, at least once. The gate's exit 1 is no bad
+    input (every artifact was made): test_end_to_end.py's test_failed_gate_exits_1_and_names_the_artifact."""
+    import importlib
+    import pkgutil
+
+    from core.errors import GateFailed, MobileExportError
+
+    for package in ("core", "graph", "targets", "validation", "exporter"):
+        for module in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+            if not module.name.endswith("__main__"):
+                importlib.import_module(module.name)  # a subclass exists only once its module is imported
+
+    def subclasses(error_class):
+        for subclass in error_class.__subclasses__():
+            yield subclass
+            yield from subclasses(subclass)
+
+    shown = {case.exit_code for case in CASES.values()}
+    unshown = {error.__qualname__: error.exit_code for error in subclasses(MobileExportError)
+               if not issubclass(error, GateFailed) and error.exit_code not in shown}
+    assert not unshown, f"no case ends an export with these errors' exit codes: {unshown}"
 
 
 @pytest.mark.parametrize("name", list(CASES))
