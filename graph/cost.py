@@ -42,6 +42,11 @@ class LayerCost:
     weight_bytes: int
     activation_bytes: int  # inputs read + outputs written
     precision: str  # "fp32" | "fp16" | "int8"
+    # Convolution and matmul geometry (0 where it does not apply): ncnn packs channels in fours and runs a
+    # grouped convolution as one small convolution per group, which the projection's cost model counts.
+    in_channels: int = 0
+    out_channels: int = 0
+    groups: int = 1
 
     @property
     def bytes_moved(self) -> int:
@@ -355,7 +360,17 @@ def _ncnn_layer_cost(layer: NcnnLayer, shapes: dict[str, Shape | None], precisio
     macs, weights, kind = _ncnn_work(layer, inputs, outputs, out_elements)
     element = PRECISION_BYTES[layer_precision]
     return LayerCost(layer.name, layer.type, kind, int(macs), int(weights * element),
-                     int((in_elements + out_elements) * element), layer_precision)
+                     int((in_elements + out_elements) * element), layer_precision, *_ncnn_channels(layer, inputs))
+
+
+def _ncnn_channels(layer: NcnnLayer, inputs: list) -> tuple[int, int, int]:
+    """(input channels, output channels, groups) of a convolution or inner product, else (0, 0, 1)."""
+    if layer.type.startswith(("Convolution", "Deconvolution")):
+        groups = layer.get(7, 1) if "DepthWise" in layer.type else 1
+        return (inputs[0][0] if inputs[0] else 0), layer.get(0), groups
+    if layer.type == "InnerProduct":
+        return layer.get(2, 0) // max(layer.get(0, 1), 1), layer.get(0), 1
+    return 0, 0, 1
 
 
 def _ncnn_work(layer: NcnnLayer, inputs: list, outputs: list, out_elements: int) -> tuple[float, float, str]:
@@ -470,7 +485,7 @@ def _onnx_layer_cost(node, shapes: dict, initializers: dict, precision: str) -> 
     weight_elements = sum(math.prod(initializers[name]) for name in node.input if name in initializers)
     out_elements = sum(math.prod(s) for s in outputs if s)
     in_elements = sum(math.prod(s) for s in inputs if s)
-    macs, kind = 0, "other"
+    macs, kind, channels = 0, "other", (0, 0, 1)
     if node.op_type in ("Conv", "ConvTranspose"):
         weight = initializers.get(node.input[1]) or shapes.get(node.input[1])
         if weight is None or not inputs or inputs[0] is None:
@@ -488,13 +503,15 @@ def _onnx_layer_cost(node, shapes: dict, initializers: dict, precision: str) -> 
         strides = next((tuple(a.ints) for a in node.attribute if a.name == "strides"), (1,) * len(weight[2:]))
         dilations = next((tuple(a.ints) for a in node.attribute if a.name == "dilations"), (1,) * len(weight[2:]))
         kind = _conv_kind(groups, in_channels, out_channels, tuple(weight[2:]), strides, dilations)
+        channels = (in_channels, out_channels, groups)
     elif node.op_type in ("Gemm", "MatMul"):
         b = initializers.get(node.input[1]) or shapes.get(node.input[1])
         transposed = any(a.name == "transB" and a.i for a in node.attribute)
         depth = (b[-1] if transposed else b[-2]) if b else 0
         columns = (b[-2] if transposed else b[-1]) if b else 1
         macs, kind = out_elements * depth, _matmul_kind(out_elements // max(columns, 1))
+        channels = (depth, columns, 1)
     layer_precision = precision if kind != "other" or precision != "int8" else "fp32"
     element = PRECISION_BYTES[layer_precision]
     return LayerCost(node.name or node.op_type, layer_type, kind, int(macs), int(weight_elements * element),
-                     int((in_elements + out_elements) * element), layer_precision)
+                     int((in_elements + out_elements) * element), layer_precision, *channels)

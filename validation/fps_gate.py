@@ -9,10 +9,16 @@ Rows come from three places and each says which it is (`kind`) and how it was ob
 A projection is one number, a mean latency; a device benchmark binary prints a mean (benchncnn) or a mean and
 a median (benchmark_model). Percentiles that were not observed stay None (null in JSON), never estimated.
 `fps` is 1000 / p50 when a p50 was observed, else 1000 / mean; `fps_basis` says which.
+
+A projected row also carries the 90 % interval of its latency (from held-out errors of projections like it,
+validation/projection.py) and the chance of meeting the target. The gate is pessimistic: a projected row passes
+only when the slow end of its interval meets the target, fails when even the fast end misses it, and is
+"uncertain" in between; an uncertain row does not pass the gate. A measured row says pass or FAIL, and when the
+device of a profile was measured (--device-profile), its measurements replace that profile's projections.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +27,7 @@ from core.manifest import read_manifest, write_json_atomically
 from core.target import NotOnThisHost
 from targets import get_target, target_of_profile_runtime
 from validation import host_bench
+from validation.error_distribution import DEFAULT_LEVEL
 from validation.profiles import DEFAULT_TARGET_FPS, DeviceProfile
 
 BENCH_NAME = "bench.json"
@@ -113,6 +120,21 @@ class Latency:
 
 
 @dataclass(frozen=True)
+class LatencyInterval:
+    """Where a projected latency's measurement is expected: the central `level` interval and the chance of
+    meeting the row's target, both from the held-out errors of projections like it."""
+
+    level: float
+    fast_ms: float
+    slow_ms: float
+    chance_of_target: float
+
+    def as_dict(self) -> dict:
+        return {"level": self.level, "fast_ms": round(self.fast_ms, 6), "slow_ms": round(self.slow_ms, 6),
+                "chance_of_meeting_target": round(self.chance_of_target, 3)}
+
+
+@dataclass(frozen=True)
 class FpsRow:
     profile: str
     artifact: str
@@ -124,20 +146,35 @@ class FpsRow:
     method: str  # how the figure was obtained, in one sentence
     gated: bool  # whether this row decides the exit code
     details: dict = field(default_factory=dict)
+    interval: LatencyInterval | None = None  # projected rows only
 
     @property
     def fps(self) -> float:
         return 1000.0 / self.latency_ms.basis[1]
 
     @property
+    def target_ms(self) -> float:
+        return 1000.0 / self.target_fps
+
+    @property
+    def verdict(self) -> str:
+        """"pass" | "FAIL" | "uncertain" (projected rows whose interval straddles the target)."""
+        if self.interval is None:
+            return "pass" if self.fps >= self.target_fps else "FAIL"
+        if self.interval.slow_ms <= self.target_ms:
+            return "pass"
+        return "FAIL" if self.interval.fast_ms > self.target_ms else "uncertain"
+
+    @property
     def passed(self) -> bool:
-        return self.fps >= self.target_fps
+        return self.verdict == "pass"
 
     def as_dict(self) -> dict:
         return {
             "profile": self.profile, "artifact": self.artifact, "runtime": self.runtime, "precision": self.precision,
             "latency_ms": self.latency_ms.as_dict(), "fps": round(self.fps, 2), "fps_basis": self.latency_ms.basis[0],
-            "kind": self.kind, "target_fps": self.target_fps, "passed": self.passed, "gated": self.gated,
+            "kind": self.kind, "target_fps": self.target_fps, "verdict": self.verdict, "passed": self.passed,
+            "gated": self.gated, "interval": None if self.interval is None else self.interval.as_dict(),
             "method": self.method, "details": self.details,
         }
 
@@ -151,7 +188,11 @@ class GateReport:
 
     @property
     def failed(self) -> tuple[FpsRow, ...]:
-        return tuple(row for row in self.rows if row.gated and not row.passed)
+        return tuple(row for row in self.rows if row.gated and row.verdict == "FAIL")
+
+    @property
+    def uncertain(self) -> tuple[FpsRow, ...]:
+        return tuple(row for row in self.rows if row.gated and row.verdict == "uncertain")
 
     @property
     def gated_profiles(self) -> tuple[str, ...]:
@@ -159,7 +200,7 @@ class GateReport:
 
     @property
     def passed(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.uncertain
 
     def as_dict(self) -> dict:
         return {
@@ -180,15 +221,24 @@ def write_report(report: GateReport, folder: Path) -> Path:
 
 
 def check_gate(report: GateReport) -> None:
-    """Raise GateFailed naming every gated row below its target."""
+    """Raise GateFailed naming every gated row below its target, then every uncertain one."""
     if report.passed:
         return
-    failures = "; ".join(f"{row.profile} x {row.artifact} {row.fps:.1f} FPS < {row.target_fps:g}"
-                         for row in report.failed)
-    raise GateFailed(
-        f"frame-rate gate failed for {len(report.failed)} row(s): {failures}",
-        hint="use a lighter model, a smaller input or another precision; or change target_fps in the device profile",
-    )
+    failures = [f"{row.profile} x {row.artifact} {row.fps:.1f} FPS < {row.target_fps:g}" for row in report.failed]
+    uncertain = [f"{row.profile} x {row.artifact} {1000 / row.interval.slow_ms:.1f}-{1000 / row.interval.fast_ms:.1f} "
+                 f"FPS ({row.interval.chance_of_target:.0%} chance of {row.target_fps:g})" for row in report.uncertain]
+    parts = []
+    if failures:
+        parts.append(f"frame-rate gate failed for {len(failures)} row(s): {'; '.join(failures)}")
+    if uncertain:
+        parts.append(f"frame-rate gate uncertain for {len(uncertain)} projected row(s), whose interval straddles the "
+                     f"target: {'; '.join(uncertain)}")
+    hint = "use a lighter model, a smaller input or another precision; or change target_fps in the device profile"
+    if uncertain:
+        hint = ("measure on the device (--device adb:SERIAL --benchmark-binary PATH --device-profile NAME): a "
+                "measured row replaces the projection; or narrow the projection with a profile fitted from a "
+                "benchmark run of the device (mobile-export profiles fit); " + hint)
+    raise GateFailed(". ".join(parts), hint=hint)
 
 
 # ---- which profiles ---------------------------------------------------------------------------------------
@@ -260,16 +310,28 @@ def host_row(artifact: ExportedArtifact, measurement, gated: bool, target_fps: f
 
 
 def projected_row(profile: DeviceProfile, artifact: ExportedArtifact, projection) -> FpsRow:
-    details = {"threads": profile.threads, "lomo_mape_percent": projection.lomo_mape,
-               "baseline_mape_percent": projection.baseline_mape}
+    """`projection` is a validation.projection.Projection."""
+    error = projection.error
+    details = {"threads": profile.threads, "error_stratum": error.stratum, "held_out_pairs": error.pairs,
+               "held_out_median_error_percent": error.median_abs_error_percent, "validation": projection.validation}
+    fast, slow = projection.interval_ms
+    interval = LatencyInterval(projection.level, fast, slow, projection.chance_of_meeting(profile.target_fps))
     return FpsRow(profile.name, artifact.path, artifact.runtime, artifact.precision, Latency(mean=projection.latency_ms),
-                  "projected", profile.target_fps, projection.method, True, _rounded(details))
+                  "projected", profile.target_fps, projection.method, True, _rounded(details), interval)
 
 
 def device_row(profile_name: str, artifact: ExportedArtifact, measurement, target_fps: float) -> FpsRow:
     return FpsRow(profile_name, artifact.path, artifact.runtime, artifact.precision,
                   Latency(p50=measurement.p50_ms, mean=measurement.mean_ms), "measured", target_fps,
                   measurement.method, True, _rounded(measurement.details))
+
+
+def measured_beats_projected(rows: list[FpsRow]) -> list[FpsRow]:
+    """A projected row of a profile and artifact that was also measured on that profile's device is shown, not
+    gated: the measurement decides."""
+    measured = {(row.profile, row.artifact) for row in rows if row.kind == "measured"}
+    return [replace(row, gated=False, details={**row.details, "superseded_by": "measured on the device"})
+            if row.kind == "projected" and (row.profile, row.artifact) in measured else row for row in rows]
 
 
 def _rounded(details: dict) -> dict:
@@ -288,6 +350,8 @@ class BenchPlan:
     device_serial: str | None = None
     benchmark_binaries: tuple[Path, ...] = ()
     device_threads: int = 4
+    device_profile: DeviceProfile | None = None  # the profile whose device is plugged in (its rows are measured)
+    interval_level: float = DEFAULT_LEVEL  # of the projected rows' intervals, whose slow end the gate checks
 
 
 def run_bench(model: ExportedModel, plan: BenchPlan, stage: Callable) -> GateReport:
@@ -305,10 +369,10 @@ def run_bench(model: ExportedModel, plan: BenchPlan, stage: Callable) -> GateRep
             with stage(f"time {artifact.label} on this host"):
                 measurement = measure_artifact_on_host(model, artifact, plan.host_threads, plan.rule)
             rows.append(host_row(artifact, measurement, plan.selection.gate_host))
-    rows += _projected_rows(model, plan.selection.devices)
+    rows += _projected_rows(model, plan.selection.devices, plan.interval_level)
     if plan.device_serial is not None:
         rows += _device_rows(model, plan, stage)
-    return GateReport(model.name, host, tuple(rows), tuple(skipped))
+    return GateReport(model.name, host, tuple(measured_beats_projected(rows)), tuple(skipped))
 
 
 def measure_artifact_on_host(model: ExportedModel, artifact: ExportedArtifact, threads: int,
@@ -324,7 +388,7 @@ def measure_artifact_on_host(model: ExportedModel, artifact: ExportedArtifact, t
     return host_bench.measure_on_host(request, model.folder / "logs" / "bench.log")
 
 
-def _projected_rows(model: ExportedModel, profiles: tuple[DeviceProfile, ...]) -> list[FpsRow]:
+def _projected_rows(model: ExportedModel, profiles: tuple[DeviceProfile, ...], level: float) -> list[FpsRow]:
     from validation.projection import project_latency
 
     rows = []
@@ -332,7 +396,7 @@ def _projected_rows(model: ExportedModel, profiles: tuple[DeviceProfile, ...]) -
         for artifact in model.artifacts:
             if profile_runtime(artifact.runtime) not in profile.runtimes:
                 continue
-            projection = project_latency(profile, model.folder / artifact.path, artifact.precision)
+            projection = project_latency(profile, model.folder / artifact.path, artifact.precision, level)
             rows.append(projected_row(profile, artifact, projection))
     return rows
 
@@ -343,22 +407,33 @@ def _device_rows(model: ExportedModel, plan: BenchPlan, stage: Callable) -> list
     with stage(f"run the benchmark binaries on adb:{plan.device_serial}"):
         measurements = run_on_device(plan.device_serial, plan.benchmark_binaries, model, plan.device_threads)
     by_path = {artifact.path: artifact for artifact in model.artifacts}
-    return [device_row(f"adb:{plan.device_serial}", by_path[m.artifact], m, DEFAULT_TARGET_FPS) for m in measurements]
+    profile = plan.device_profile
+    name, target = (profile.name, profile.target_fps) if profile else (f"adb:{plan.device_serial}", DEFAULT_TARGET_FPS)
+    return [device_row(name, by_path[m.artifact], m, target) for m in measurements]
 
 
 # ---- the printed table ------------------------------------------------------------------------------------
 
 
 def table_lines(report: GateReport) -> list[str]:
-    header = (f"{'profile':<20} {'artifact':<32} {'latency ms':<26} {'FPS':>7} {'kind':<9} {'target':>6}  gate")
+    level = next((row.interval.level for row in report.rows if row.interval is not None), DEFAULT_LEVEL)
+    header = (f"{'profile':<20} {'artifact':<32} {'latency ms':<26} {f'{level:.0%} interval ms':<17} {'FPS':>7} "
+              f"{'chance':>6} {'kind':<9} {'target':>6}  gate")
     lines = [f"\nFrame rate of {report.model}", header, "-" * len(header)]
     for row in report.rows:
-        verdict = "pass" if row.passed else "FAIL"
-        lines.append(f"{row.profile:<20} {row.artifact:<32} {_latency_text(row.latency_ms):<26} {row.fps:>7.1f} "
-                     f"{row.kind:<9} {row.target_fps:>6g}  {verdict if row.gated else f'({verdict.lower()})'}")
+        interval = "" if row.interval is None else f"{row.interval.fast_ms:.2f}-{row.interval.slow_ms:.2f}"
+        chance = "" if row.interval is None else _chance_text(row.interval.chance_of_target)
+        verdict = row.verdict if row.gated else f"({row.verdict.lower()})"
+        lines.append(f"{row.profile:<20} {row.artifact:<32} {_latency_text(row.latency_ms):<26} {interval:<17} "
+                     f"{row.fps:>7.1f} {chance:>6} {row.kind:<9} {row.target_fps:>6g}  {verdict}")
     if any(not row.gated for row in report.rows):
-        lines.append("(pass)/(fail): shown, not gated; the host is not a target device (--profile host gates it)")
+        lines.append("(verdict): shown, not gated: the host is not a target device (--profile host gates it), or the "
+                     "profile's device was measured and the measurement decides")
     lines.append("latency: p50 / p90 / p99 where observed; '~X mean' is a single mean figure (projections, benchncnn)")
+    if any(row.interval is not None for row in report.rows):
+        lines.append(f"{level:.0%} interval: where the measurement of a projected row is expected, from held-out "
+                     "errors of projections like it; chance: of meeting the target. A projected row passes only when the slow "
+                     "end of its interval meets the target, FAILs when the fast end misses it, else is uncertain")
     lines += _method_lines(report.rows)
     lines += host_detail_lines(report.rows)
     host = report.host
@@ -371,9 +446,25 @@ def table_lines(report: GateReport) -> list[str]:
     if not report.gated_profiles:
         lines.append("gate: no row is gated (name profiles with --profile, or --profile host for this machine)")
     else:
-        verdict = "PASSED" if report.passed else f"FAILED ({len(report.failed)} row(s))"
-        lines.append(f"gate ({', '.join(report.gated_profiles)}): {verdict}")
+        lines.append(f"gate ({', '.join(report.gated_profiles)}): {_gate_words(report)}")
     return lines
+
+
+def _gate_words(report: GateReport) -> str:
+    if report.passed:
+        return "PASSED"
+    words = []
+    if report.failed:
+        words.append(f"FAILED ({len(report.failed)} row(s))")
+    if report.uncertain:
+        words.append(f"UNCERTAIN ({len(report.uncertain)} projected row(s) straddle the target: measure them)")
+    return ", ".join(words)
+
+
+def _chance_text(chance: float) -> str:
+    if chance >= 0.99:
+        return ">99%"
+    return "<1%" if chance <= 0.01 else f"{chance:.0%}"
 
 
 def host_detail_lines(rows: tuple[FpsRow, ...]) -> list[str]:

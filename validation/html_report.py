@@ -175,7 +175,7 @@ def _fps_section(bench: dict | None) -> Section:
     table_rows = tuple((
         row["profile"], Path(row["artifact"]).name, row["runtime"], row["precision"],
         *(_number(row["latency_ms"].get(key), 2) for key in ("p50", "p90", "p99", "mean")),
-        f"{row['fps']:.1f}", f"{row['target_fps']:g}", row["kind"], "pass" if row["passed"] else "FAIL",
+        f"{row['fps']:.1f}", f"{row['target_fps']:g}", row["kind"], row.get("verdict") or ("pass" if row["passed"] else "FAIL"),
         row.get("method", ""),
     ) for row in rows)
     header = ("profile", "artifact", "runtime", "precision", "p50 ms", "p90 ms", "p99 ms", "mean ms", "FPS",

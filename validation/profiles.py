@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from core.errors import InputError
 from targets import profile_runtimes
+from validation.error_distribution import QUANTILE_PROBABILITIES, ErrorDistribution
 
 BUILTIN_PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 DEFAULT_TARGET_FPS = 30.0
@@ -30,11 +31,16 @@ class CoreCluster:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Which published CPU runs (benchncnn, validation/device_data/results.csv) the projection is fitted on.
+    """What the projection of this device is calibrated on. Three kinds:
 
-    `device` is the exact device string of the data. When the profile's own device was never measured there,
-    a proxy device with the same cores is used and `scale` (latency multiplier, proxy -> this device) carries
-    the difference; `scale_basis` says how that number was derived. A proxy projection says so in its method.
+    - own runs: `device` is the exact device string of the published benchncnn runs
+      (validation/device_data/results_cpu.csv) at `threads` and `powersave`;
+    - a proxy: the profile's own device was never measured there, so a device with the same cores is used and
+      `scale` (latency multiplier, proxy -> this device) carries the difference; `scale_basis` says how that
+      number was derived. A proxy projection says so in its method;
+    - a benchmark run (`mobile-export profiles fit`): `runs` holds the mean milliseconds benchncnn printed for
+      each network on the user's device, `device` is the user's name for it, and `errors` the held-out error
+      distributions measured for exactly those networks when the fit was made (leave one device out).
     """
 
     device: str
@@ -43,10 +49,22 @@ class Calibration:
     source: str
     scale: float = 1.0
     scale_basis: str = ""
+    runs: tuple[tuple[str, float], ...] = ()  # benchmark run: (benchncnn network, mean ms)
+    errors: tuple[ErrorDistribution, ...] = ()  # benchmark run: one per kind of network ("float", "int8", ...)
+    validation: str = ""  # benchmark run: how `errors` were measured, one sentence
+    fitted_without: tuple[str, ...] = ()  # devices of the data left out of the learned costs (to validate a fit)
 
     @property
     def is_proxy(self) -> bool:
         return bool(self.scale_basis) or self.scale != 1.0
+
+    @property
+    def is_benchmark_run(self) -> bool:
+        return bool(self.runs)
+
+    @property
+    def kind(self) -> str:
+        return "benchmark run" if self.is_benchmark_run else "proxy" if self.is_proxy else "own runs"
 
 
 @dataclass(frozen=True)
@@ -77,7 +95,7 @@ class DeviceProfile:
             "calibration": None if calibration is None else {
                 "device": calibration.device, "threads": calibration.threads, "powersave": calibration.powersave,
                 "source": calibration.source, "scale": calibration.scale, "scale_basis": calibration.scale_basis,
-                "proxy": calibration.is_proxy,
+                "proxy": calibration.is_proxy, "kind": calibration.kind, "runs": dict(calibration.runs),
             },
             "notes": self.notes,
             "path": str(self.path),
@@ -115,9 +133,10 @@ def load_profile(path: Path) -> DeviceProfile:
     return DeviceProfile(
         name=path.stem,
         display_name=device.string("name"),
-        soc=device.string("soc"),
-        cores=tuple(_core_cluster(cluster) for cluster in device.table_list("cores")),
-        isa_features=tuple(device.string_list("isa_features")),
+        # optional: a profile fitted from a benchmark run may know its device only by the user's name for it
+        soc=device.string("soc", ""),
+        cores=tuple(_core_cluster(cluster) for cluster in device.table_list("cores", optional=True)),
+        isa_features=tuple(device.string_list("isa_features", optional=True)),
         threads=table.positive_int("threads"),
         runtimes=runtimes,
         target_fps=table.positive_float("target_fps", DEFAULT_TARGET_FPS),
@@ -133,7 +152,8 @@ def _core_cluster(table: "_Table") -> CoreCluster:
 
 
 def _calibration(table: "_Table") -> Calibration:
-    table.reject_unknown({"device", "threads", "powersave", "source", "scale", "scale_basis"})
+    table.reject_unknown({"device", "threads", "powersave", "source", "scale", "scale_basis", "runs", "error",
+                          "validation", "fitted_without"})
     powersave = table.integer("powersave", 0)
     if powersave not in POWERSAVE_MODES:
         table.fail("powersave", f"must be one of {sorted(POWERSAVE_MODES)} ({POWERSAVE_MODES})")
@@ -141,8 +161,44 @@ def _calibration(table: "_Table") -> Calibration:
     scale_basis = table.string("scale_basis", "")
     if scale != 1.0 and not scale_basis:
         table.fail("scale_basis", "a proxy scale needs its derivation: say where the number comes from")
+    runs = _runs(table)
+    errors = _errors(table)
+    if runs and not errors:
+        table.fail("error", "is missing: [calibration.runs] needs the held-out errors its fit measured, "
+                            "[calibration.error.*] (write the profile with mobile-export profiles fit)")
+    if errors and not runs:
+        table.fail("runs", "is missing: [calibration.error.*] belongs to a profile fitted from a benchmark run, "
+                           "[calibration.runs] (write the profile with mobile-export profiles fit)")
+    if runs and (scale != 1.0 or scale_basis):
+        table.fail("scale", "does not apply to a profile fitted from its own benchmark run")
     return Calibration(device=table.string("device"), threads=table.positive_int("threads"), powersave=powersave,
-                       source=table.string("source"), scale=scale, scale_basis=scale_basis)
+                       source=table.string("source"), scale=scale, scale_basis=scale_basis, runs=runs,
+                       errors=errors, validation=table.string("validation", ""),
+                       fitted_without=tuple(table.string_list("fitted_without", optional=True)))
+
+
+def _runs(table: "_Table") -> tuple[tuple[str, float], ...]:
+    runs = table.optional_table("runs")
+    if runs is None:
+        return ()
+    return tuple((network, runs.positive_float(network)) for network in runs.data)
+
+
+def _errors(table: "_Table") -> tuple[ErrorDistribution, ...]:
+    errors = table.optional_table("error")
+    if errors is None:
+        return ()
+    result = []
+    for kind in errors.data:
+        entry = errors.table(kind)
+        entry.reject_unknown({"stratum", "pairs", "median_abs_error_percent", "log_quantiles"})
+        quantiles = entry.number_list("log_quantiles")
+        if len(quantiles) != len(QUANTILE_PROBABILITIES) or quantiles != sorted(quantiles):
+            entry.fail("log_quantiles", f"must be {len(QUANTILE_PROBABILITIES)} ascending numbers (the quantiles at "
+                                        f"{list(QUANTILE_PROBABILITIES)})")
+        result.append(ErrorDistribution(entry.string("stratum", kind), entry.positive_int("pairs"),
+                                        tuple(quantiles), entry.positive_float("median_abs_error_percent")))
+    return tuple(result)
 
 
 _MISSING = object()
@@ -195,11 +251,17 @@ class _Table:
             self.fail(key, f"must be positive, got {value}")
         return value
 
-    def string_list(self, key: str) -> list[str]:
-        value = self._get(key, _MISSING, (list,), "a list of strings")
-        if not value or not all(isinstance(item, str) and item for item in value):
+    def string_list(self, key: str, optional: bool = False) -> list[str]:
+        value = self._get(key, [] if optional else _MISSING, (list,), "a list of strings")
+        if (not value and not optional) or not all(isinstance(item, str) and item for item in value):
             self.fail(key, f"must be a non-empty list of strings, got {value!r}")
         return value
+
+    def number_list(self, key: str) -> list[float]:
+        value = self._get(key, _MISSING, (list,), "a list of numbers")
+        if not value or not all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in value):
+            self.fail(key, f"must be a non-empty list of numbers, got {value!r}")
+        return [float(item) for item in value]
 
     def table(self, key: str) -> "_Table":
         return _Table(self._get(key, _MISSING, (dict,), "a table"), self.path, f"{self.prefix}{key}.")
@@ -208,8 +270,8 @@ class _Table:
         value = self._get(key, None, (dict,), "a table")
         return None if value is None else _Table(value, self.path, f"{self.prefix}{key}.")
 
-    def table_list(self, key: str) -> list["_Table"]:
-        value = self._get(key, _MISSING, (list,), "a list of tables")
-        if not value or not all(isinstance(item, dict) for item in value):
+    def table_list(self, key: str, optional: bool = False) -> list["_Table"]:
+        value = self._get(key, [] if optional else _MISSING, (list,), "a list of tables")
+        if (not value and not optional) or not all(isinstance(item, dict) for item in value):
             self.fail(key, "must be a non-empty array of tables ([[...]])")
         return [_Table(item, self.path, f"{self.prefix}{key}[{index}].") for index, item in enumerate(value)]

@@ -1,20 +1,18 @@
-"""Latency projection for a device profile: a cost model fitted on published benchncnn runs of that device.
+"""Latency projection for a device profile: a figure, an interval whose coverage was measured, and the chance of
+meeting a target.
 
-The model: latency = sum over features of coefficient * feature, with one non-negative coefficient per feature
-and per device (thread count and core selection included). The features are the graph's multiply-adds split by
-how ncnn computes them (dense KxK, Winograd 3x3, 1x1/matmul, depthwise, matrix-vector, int8), the bytes of
-weights and of activations moved, and a per-layer overhead (float and int8 layers apart: int8 layers pay for
-requantization). Fitted to minimize the relative error, as MAPE measures it.
+The cost model (validation/projection_model.py) learns per-layer costs across the published benchncnn runs of
+every device (validation/calibration_data.py) and places a device by a few weights. How the weights are found
+depends on the profile's calibration (validation/profiles.py): from the device's own published runs, from a
+proxy device's scaled by a stated factor, or from the user's own benchmark run (`mobile-export profiles fit`).
 
-The error is stated, not assumed: leave-one-model-out (LOMO) takes each network out of the fit, with all its
-precision variants (mobilenet and mobilenet_int8 share their graph, so keeping one in would leak it), predicts
-it, and reports the median absolute percentage error over all held-out predictions. The naive baseline
-(latency = k * MACs, fitted the same way) is evaluated identically.
+Each kind was validated the way it is used (validation/projection_validation.py), and a projection carries the
+held-out error distribution of its kind and stratum (thread count, int8 or float, unfamiliar layers): the 90 %
+interval is its 5th..95th percentile, the chance of meeting a target its CDF. bench/projection_error.py prints
+how often such intervals cover held-out measurements.
 """
 from __future__ import annotations
 
-import csv
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,94 +21,199 @@ import numpy as np
 
 from core.errors import InputError
 from core.manifest import read_manifest
-from graph.cost import KINDS, GraphCost, graph_cost
+from validation.calibration_data import Configuration, device_infos, load_calibration_data
+from validation.error_distribution import DEFAULT_LEVEL, ErrorDistribution
+from graph.cost import graph_cost
 from targets import interchange_target
 from validation.profiles import Calibration, DeviceProfile
+from validation.projection_model import CostBasis, cost_features, fit_basis, fit_weights
+from validation.projection_validation import (UNFAMILIAR, distribution_for, distributions, familiar_layer_types,
+                                              held_out_own_runs, held_out_proxies, is_unfamiliar,
+                                              layer_type_families, proxy_pairs, stratum)
 
-DEVICE_DATA = Path(__file__).resolve().parent / "device_data"
-RESULTS_CSV = DEVICE_DATA / "results_cpu.csv"
-MODELS_DIR = DEVICE_DATA / "models"
-
-MAC_KINDS = tuple(kind for kind in KINDS if kind != "other")
-FEATURES = (*(f"{kind} MACs" for kind in MAC_KINDS), "int8 MACs", "weight bytes", "activation bytes", "layers",
-            "int8 layers")
+VERDICTS = ("pass", "uncertain", "FAIL")
 
 
 @dataclass(frozen=True)
 class Projection:
     latency_ms: float
     method: str  # one sentence: how the figure was obtained (always starts with "projected")
-    lomo_mape: float | None  # leave-one-model-out median absolute percentage error of the fit, in %
-    baseline_mape: float | None  # the same for latency = k * MACs
+    error: ErrorDistribution  # held-out errors of projections of this kind and stratum
+    validation: str  # one sentence: how `error` was measured
+    level: float = DEFAULT_LEVEL
 
     @property
     def fps(self) -> float:
         return 1000.0 / self.latency_ms
 
-
-@dataclass(frozen=True)
-class DeviceFit:
-    device: str
-    threads: int
-    powersave: int
-    models: tuple[str, ...]  # the benchncnn networks it was fitted on
-    coefficients: tuple[float, ...]  # one per FEATURES entry, ms per unit
-    baseline_ms_per_mac: float
-    held_out_errors: tuple[float, ...]  # per model: leave-one-model-out prediction / measured - 1
-    baseline_held_out_errors: tuple[float, ...]  # the same for the MACs-only baseline
-
     @property
-    def lomo_mape(self) -> float:
-        return median_ape(self.held_out_errors)
+    def interval_ms(self) -> tuple[float, float]:
+        """The central `level` interval of the latency: (fast end, slow end)."""
+        low, high = self.error.ratio_interval(self.level)
+        return self.latency_ms * low, self.latency_ms * high
 
-    @property
-    def baseline_mape(self) -> float:
-        return median_ape(self.baseline_held_out_errors)
+    def chance_of_meeting(self, target_fps: float) -> float:
+        """Probability that the measured latency is at most 1000 / target_fps, from the held-out errors."""
+        return self.error.chance_at_most((1000.0 / target_fps) / self.latency_ms)
 
-    def lomo_mape_of(self, int8: bool) -> float:
-        """The LOMO error over the int8 networks alone, or over the float ones."""
-        return median_ape([e for m, e in zip(self.models, self.held_out_errors) if is_int8_network(m) == int8])
-
-    def predict_ms(self, features: np.ndarray) -> float:
-        return float(features @ np.asarray(self.coefficients))
-
-
-def cost_features(cost: GraphCost) -> np.ndarray:
-    """The cost model's feature vector (FEATURES order) of one graph. Pure."""
-    values = dict.fromkeys(FEATURES, 0.0)
-    for layer in cost.layers:
-        is_int8 = layer.precision == "int8"
-        if layer.kind in MAC_KINDS:
-            values["int8 MACs" if is_int8 else f"{layer.kind} MACs"] += layer.macs
-        values["weight bytes"] += layer.weight_bytes
-        values["activation bytes"] += layer.activation_bytes
-        values["int8 layers" if is_int8 else "layers"] += 1
-    return np.array([values[name] for name in FEATURES])
+    def verdict(self, target_fps: float) -> str:
+        """"pass" only when even the slow end of the interval meets the target; "FAIL" when even the fast end
+        misses it; "uncertain" in between."""
+        fast, slow = self.interval_ms
+        target_ms = 1000.0 / target_fps
+        return "pass" if slow <= target_ms else "FAIL" if fast > target_ms else "uncertain"
 
 
-def project_latency(profile: DeviceProfile, graph_path: Path, precision: str) -> Projection:
+def project_latency(profile: DeviceProfile, graph_path: Path, precision: str,
+                    level: float = DEFAULT_LEVEL) -> Projection:
     """Projected latency of one inference on `profile`'s CPU with ncnn.
 
     `graph_path` is an .onnx or ncnn .param graph, or any other artifact of an export folder (.tflite,
     .mlpackage), whose work is then read from the export's ONNX graph, which every artifact was converted from.
     fp16 is projected like fp32: benchncnn, which the coefficients come from, already runs float networks with
     fp16 storage and arithmetic wherever the CPU has them. A Core ML int8 package has int8 weights only and
-    computes in float, so it is projected as float."""
+    computes in float, so it is projected as float. `level`: of the interval, which the gate's verdict uses."""
     calibration = profile.calibration
     if calibration is None:
         raise InputError(f"profile {profile.name} has no [calibration] table, so nothing can be projected for it",
                          hint="add [calibration] naming a device of validation/device_data/results_cpu.csv "
-                              "(see README, 'Device profiles'), or measure on the device itself")
-    fit = fit_device(calibration.device, calibration.threads, calibration.powersave)
+                              "(see README, 'Device profiles'), fit one with `mobile-export profiles fit`, "
+                              "or measure on the device itself")
+    device = calibrated_device(calibration, profile.display_name, profile.threads)
     source = cost_source(graph_path)
     computes_int8 = precision == "int8" and graph_path.suffix != ".mlpackage"
     cost = graph_cost(source, "int8" if computes_int8 else "fp32", _declared_input_shape(source))
-    latency = fit.predict_ms(cost_features(cost)) * calibration.scale
-    method = _method(profile, calibration, fit, computes_int8)
+    latency = float(device.components(cost_features(cost)) @ np.asarray(device.weights)) * device.scale
+    unfamiliar = is_unfamiliar(cost, familiar_types())
+    error = device.error_for(stratum(device.threads, computes_int8, unfamiliar))
+    method = device.method
+    if unfamiliar:
+        method += ("; most of this graph's multiply-adds are in layer types fewer than two calibration networks "
+                   "contain, so its interval is that of such graphs")
     if source != graph_path:
         method += f"; work counted on {source.name}, the graph {graph_path.name} was converted from"
-    return Projection(latency, method, fit.lomo_mape, fit.baseline_mape)
+    validation = f"{device.validation}; {_error_words(error)}"
+    return Projection(max(latency, 1e-6), method, error, validation, level)
 
+
+def _error_words(error: ErrorDistribution) -> str:
+    low, high = error.ratio_interval(DEFAULT_LEVEL)
+    return (f"{error.stratum}: median error {error.median_abs_error_percent:.0f} %, "
+            f"{DEFAULT_LEVEL:.0%} interval x{low:.2f}-x{high:.2f} of the projection, from {error.pairs} held-out pairs")
+
+
+# ---------------------------------------------------------------------------------------------- calibrations
+
+@dataclass(frozen=True)
+class CalibratedDevice:
+    basis: CostBasis
+    weights: tuple[float, ...]
+    scale: float  # proxy scaling; 1 otherwise
+    threads: int  # what the error strata are chosen by
+    errors: tuple[ErrorDistribution, ...]
+    method: str
+    validation: str
+    errors_by_kind: bool = False  # a fitted profile keeps one distribution per kind of network, not per stratum
+
+    def components(self, features: np.ndarray) -> np.ndarray:
+        return self.basis.components(features)
+
+    def error_for(self, name: str) -> ErrorDistribution:
+        table = {error.stratum: error for error in self.errors}
+        return distribution_for(table, network_kind(name) if self.errors_by_kind else name)
+
+
+def network_kind(stratum_name: str) -> str:
+    """"float", "int8" or "unfamiliar layers": a stratum without its thread count."""
+    return UNFAMILIAR if stratum_name == UNFAMILIAR else stratum_name.split(",")[0]
+
+
+@lru_cache(maxsize=None)
+def calibrated_device(calibration: Calibration, display_name: str, profile_threads: int) -> CalibratedDevice:
+    basis = shared_basis(calibration.fitted_without)
+    if calibration.is_benchmark_run:
+        return _benchmark_run_device(calibration, basis)
+    data = load_calibration_data()
+    configuration = Configuration(calibration.device, calibration.threads, calibration.powersave)
+    if configuration not in data.configurations:
+        available = sorted(f"{c.threads} threads, powersave {c.powersave}" for c in data.configurations
+                           if c.device == calibration.device)
+        raise InputError(
+            f"no published CPU runs of {calibration.device!r} at {calibration.threads} threads, "
+            f"powersave {calibration.powersave}",
+            hint=(f"this device has: {'; '.join(available)}" if available else
+                  "calibration.device must be a device string of validation/device_data/results_cpu.csv"))
+    row = data.index_of(configuration)
+    seen = ~np.isnan(data.latency_ms[row])
+    weights = fit_weights(basis.components(data.features[seen]), data.latency_ms[row, seen])
+    runs = f"{int(seen.sum())} published benchncnn runs of {calibration.device} ({_threads_words(calibration)})"
+    learned = f"per-layer costs learned on {len(data.configurations)} settings of {len(data.devices)} devices"
+    if not calibration.is_proxy:
+        return CalibratedDevice(basis, tuple(weights.tolist()), 1.0, calibration.threads,
+                                tuple(own_runs_errors().values()),
+                                f"projected (ncnn CPU): {learned}, placed on {runs}",
+                                "held out: each network family left out of the whole fit")
+    return CalibratedDevice(
+        basis, tuple(weights.tolist()), calibration.scale, profile_threads, tuple(proxy_errors().values()),
+        f"projected (ncnn CPU) via a proxy: {learned}, placed on {runs}, scaled x{calibration.scale:.3g} to "
+        f"{display_name} ({calibration.scale_basis})",
+        "held out: each device of the data projected from another device with the same cores, scaled by clocks "
+        "and thread speedup as the proxy profiles are")
+
+
+def _benchmark_run_device(calibration: Calibration, basis: CostBasis) -> CalibratedDevice:
+    data = load_calibration_data()
+    unknown = [network for network, _ in calibration.runs if network not in data.networks]
+    if unknown:
+        raise InputError(f"calibration.runs names {', '.join(unknown)}, which are not benchncnn networks of the data",
+                         hint="keep the networks `mobile-export profiles fit` wrote, or fit the profile again")
+    columns = [data.networks.index(network) for network, _ in calibration.runs]
+    measured = np.array([ms for _, ms in calibration.runs])
+    weights = fit_weights(basis.components(data.features[columns]), measured)
+    return CalibratedDevice(
+        basis, tuple(weights.tolist()), 1.0, calibration.threads, calibration.errors,
+        f"projected (ncnn CPU): per-layer costs learned on {len(data.devices)} devices of the data, placed on "
+        f"{len(columns)} benchncnn runs of {calibration.device} ({_threads_words(calibration)}) from "
+        f"{calibration.source}", calibration.validation or "held out: leave one device out", errors_by_kind=True)
+
+
+def _threads_words(calibration: Calibration) -> str:
+    words = f"{calibration.threads} thread{'s' if calibration.threads > 1 else ''}"
+    return words + (f", {_POWERSAVE_WORDS[calibration.powersave]}" if calibration.powersave else "")
+
+
+_POWERSAVE_WORDS = {1: "little cores", 2: "big cores"}
+
+
+@lru_cache(maxsize=None)
+def shared_basis(fitted_without: tuple[str, ...] = ()) -> CostBasis:
+    data = load_calibration_data()
+    rows = np.array([i for i, c in enumerate(data.configurations) if c.device not in fitted_without], dtype=int)
+    return fit_basis(data.features, data.latency_ms, rows)
+
+
+@lru_cache(maxsize=None)
+def own_runs_errors() -> dict[str, ErrorDistribution]:
+    return distributions(_own_runs_held_out())
+
+
+@lru_cache(maxsize=None)
+def proxy_errors() -> dict[str, ErrorDistribution]:
+    data = load_calibration_data()
+    return distributions(held_out_proxies(data, _own_runs_held_out(), proxy_pairs(data, device_infos())))
+
+
+@lru_cache(maxsize=None)
+def _own_runs_held_out():
+    return held_out_own_runs(load_calibration_data(), start=shared_basis())
+
+
+@lru_cache(maxsize=None)
+def familiar_types() -> frozenset[str]:
+    return familiar_layer_types(layer_type_families(load_calibration_data().networks))
+
+
+# ---------------------------------------------------------------------------------------------- graphs
 
 def cost_source(artifact_path: Path) -> Path:
     """The graph file whose layers stand for `artifact_path`'s work: itself if it is one we read, else the
@@ -129,24 +232,6 @@ def cost_source(artifact_path: Path) -> Path:
     return onnx_path
 
 
-def _method(profile: DeviceProfile, calibration: Calibration, fit: DeviceFit, int8: bool) -> str:
-    runs = f"{len(fit.models)} benchncnn runs"
-    threads = f"{fit.threads} thread{'s' if fit.threads > 1 else ''}" + (
-        f", {_POWERSAVE_WORDS[fit.powersave]}" if fit.powersave else "")
-    error = f"leave-one-model-out median error {fit.lomo_mape:.0f} % (MACs-only baseline {fit.baseline_mape:.0f} %)"
-    if int8:
-        int8_runs = sum(map(is_int8_network, fit.models))
-        error += f", {fit.lomo_mape_of(int8=True):.0f} % over its {int8_runs} int8 networks alone"
-    if not calibration.is_proxy:
-        return f"projected (ncnn CPU): cost model fitted on {runs} of {fit.device} ({threads}); {error}"
-    return (f"projected (ncnn CPU) via a proxy: cost model fitted on {runs} of {fit.device} ({threads}), "
-            f"scaled x{calibration.scale:.3g} to {profile.display_name} ({calibration.scale_basis}); {error} "
-            f"on the proxy, plus the scaling's error, which no published run of {profile.display_name} can check")
-
-
-_POWERSAVE_WORDS = {1: "little cores", 2: "big cores"}
-
-
 def _declared_input_shape(graph_path: Path) -> tuple[int, ...] | None:
     """Our ncnn .param files carry no shapes; the export's manifest next to them records the input."""
     if graph_path.suffix != ".param":
@@ -155,85 +240,3 @@ def _declared_input_shape(graph_path: Path) -> tuple[int, ...] | None:
         return read_manifest(graph_path.parent).input_shape[1:]
     except (InputError, KeyError):
         return None
-
-
-# ---------------------------------------------------------------------------------------------- fitting
-
-@lru_cache(maxsize=None)
-def fit_device(device: str, threads: int, powersave: int, results_csv: Path = RESULTS_CSV,
-               models_dir: Path = MODELS_DIR) -> DeviceFit:
-    latencies = calibration_latencies(results_csv)
-    key = (device, threads, powersave)
-    if key not in latencies:
-        available = sorted({f"{t} threads, powersave {p}" for d, t, p in latencies if d == device})
-        raise InputError(
-            f"no published CPU runs of {device!r} at {threads} threads, powersave {powersave}",
-            hint=(f"this device has: {'; '.join(available)}" if available else
-                  "calibration.device must be a device string of validation/device_data/results_cpu.csv"))
-    runs = {model: ms for model, ms in latencies[key].items() if (models_dir / f"{model}.param").is_file()}
-    models = tuple(sorted(runs))
-    features = np.array([cost_features(_benchmark_cost(models_dir / f"{m}.param")) for m in models])
-    macs = np.array([[_benchmark_cost(models_dir / f"{m}.param").macs] for m in models], dtype=float)
-    measured = np.array([runs[m] for m in models])
-    families = [network_family(m) for m in models]
-    return DeviceFit(
-        device=device, threads=threads, powersave=powersave, models=models,
-        coefficients=tuple(fit_relative_nnls(features, measured)),
-        baseline_ms_per_mac=float(fit_relative_nnls(macs, measured)[0]),
-        held_out_errors=tuple(lomo_errors(features, measured, families)),
-        baseline_held_out_errors=tuple(lomo_errors(macs, measured, families)),
-    )
-
-
-@lru_cache(maxsize=None)
-def calibration_latencies(results_csv: Path = RESULTS_CSV) -> dict[tuple[str, int, int], dict[str, float]]:
-    """(device, threads, powersave) -> network -> mean of its published avg_ms (CPU rows only)."""
-    samples: dict[tuple[str, int, int], dict[str, list[float]]] = {}
-    with results_csv.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if int(row["gpu_device"]) != -1:
-                continue
-            key = (row["device"], int(row["num_threads"]), int(row["powersave"]))
-            samples.setdefault(key, {}).setdefault(row["model"], []).append(float(row["avg_ms"]))
-    return {key: {model: sum(v) / len(v) for model, v in runs.items()} for key, runs in samples.items()}
-
-
-@lru_cache(maxsize=None)
-def _benchmark_cost(param_path: Path) -> GraphCost:
-    return graph_cost(param_path)
-
-
-def is_int8_network(model: str) -> bool:
-    return model.endswith("_int8")
-
-
-def network_family(model: str) -> str:
-    """The network a benchncnn entry measures, whatever its precision: what leave-one-model-out holds out."""
-    return model.removesuffix("_int8")
-
-
-def fit_relative_nnls(features: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """Non-negative coefficients minimizing the sum of squared relative errors (prediction / measured - 1)."""
-    from scipy.optimize import nnls
-
-    relative = features / measured[:, None]
-    column_scale = relative.max(axis=0)
-    column_scale[column_scale == 0] = 1.0  # a feature no network has gets coefficient 0
-    coefficients, _ = nnls(relative / column_scale, np.ones(len(measured)))
-    return coefficients / column_scale
-
-
-def lomo_errors(features: np.ndarray, measured: np.ndarray, families: list[str]) -> list[float]:
-    """Relative error of each network's prediction by a fit that never saw any of its variants."""
-    errors = np.zeros(len(measured))
-    family_array = np.array(families)
-    for family in sorted(set(families)):
-        held_out = family_array == family
-        coefficients = fit_relative_nnls(features[~held_out], measured[~held_out])
-        errors[held_out] = features[held_out] @ coefficients / measured[held_out] - 1.0
-    return errors.tolist()
-
-
-def median_ape(errors) -> float:
-    """Median absolute percentage error, in %."""
-    return float(np.median(np.abs(errors)) * 100) if len(errors) else math.nan

@@ -31,10 +31,16 @@ from targets import interchange_target
 @click.option("--device", "device_spec", help="adb:SERIAL - also run on this plugged-in Android device")
 @click.option("--benchmark-binary", "benchmark_binaries", multiple=True, type=click.Path(path_type=Path),
               help="the device build of LiteRT's benchmark_model or ncnn's benchncnn (repeatable; with --device)")
+@click.option("--device-profile", "device_profile_name",
+              help="the profile whose device --device is: its measured rows replace that profile's projections")
+@click.option("--interval-level", type=click.Choice(["0.8", "0.9", "0.95", "0.98"]), default="0.9", show_default=True,
+              help="level of the projected rows' intervals; a projected row passes only when the slow end "
+                   "meets the target")
 @click.option("--debug", is_flag=True, help="show Python tracebacks")
 def bench(model_dir: Path, profile_names: str | None, target: str | None, as_json: bool, host: bool,
           threads: int | None, budget_s: float, profile_dirs: tuple[Path, ...], device_spec: str | None,
-          benchmark_binaries: tuple[Path, ...], debug: bool) -> None:
+          benchmark_binaries: tuple[Path, ...], device_profile_name: str | None, interval_level: str,
+          debug: bool) -> None:
     """Frame rate of every artifact per device profile, measured or projected, gated at the target FPS."""
 
     def run() -> int:
@@ -56,9 +62,17 @@ def bench(model_dir: Path, profile_names: str | None, target: str | None, as_jso
         if benchmark_binaries and device_spec is None:
             raise InputError("--benchmark-binary runs on a device: --device adb:SERIAL is missing",
                              hint="add --device adb:SERIAL (see `adb devices`)")
+        if device_profile_name is not None and device_spec is None:
+            raise InputError("--device-profile names the profile of the device to measure: "
+                             "--device adb:SERIAL is missing",
+                             hint="add --device adb:SERIAL (see `adb devices`)")
         runtimes = None if target is None else (interchange_target().name, *TARGET_GROUPS[target][1])
         model = load_export(model_dir, runtimes)
-        selection = select_profiles(profile_names, load_profiles(profile_dirs), model)
+        all_profiles = load_profiles(profile_dirs)
+        if device_profile_name is not None and device_profile_name not in all_profiles:
+            raise InputError(f"--device-profile {device_profile_name}: no such profile",
+                             hint=f"choose from: {', '.join(all_profiles)} (mobile-export profiles lists them)")
+        selection = select_profiles(profile_names, all_profiles, model)
         if selection.gate_host and not host:
             raise InputError("--profile host asks to gate this machine, and --no-host skips it",
                              hint="drop one of the two")
@@ -67,6 +81,8 @@ def bench(model_dir: Path, profile_names: str | None, target: str | None, as_jso
             rule=StoppingRule(budget_seconds=budget_s),
             device_serial=None if device_spec is None else parse_device_spec(device_spec),
             benchmark_binaries=benchmark_binaries, device_threads=threads or 4,
+            device_profile=None if device_profile_name is None else all_profiles[device_profile_name],
+            interval_level=float(interval_level),
         )
         report = run_bench(model, plan, StageClock(lambda line: click.echo(line, err=True)).stage)
         written = write_report(report, model.folder)

@@ -1,7 +1,9 @@
-"""`mobile-export bench`: host measurement, projected rows, the FPS gate's exit codes, and the adb path."""
+"""`mobile-export bench`: host measurement, projected rows with their intervals, the FPS gate's verdicts and exit
+codes, and the adb path."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -16,8 +18,8 @@ from targets.tflite.device import parse_benchmark_model
 from validation.host_bench import MeasureRequest, StoppingRule, measure_on_host, time_runs
 from validation.profiles import BUILTIN_PROFILES_DIR, load_profiles
 
-ROW_KEYS = {"profile", "artifact", "runtime", "precision", "latency_ms", "fps", "kind", "target_fps", "passed",
-            "method"}
+ROW_KEYS = {"profile", "artifact", "runtime", "precision", "latency_ms", "fps", "kind", "target_fps", "verdict",
+            "passed", "interval", "method"}
 REMOTE = "/data/local/tmp/mobile-export"
 
 
@@ -66,7 +68,7 @@ def test_json_rows_have_the_schema_and_say_measured_or_projected(exported):
         assert row["kind"] == "measured" and row["gated"] is True
         assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
         assert row["fps"] == pytest.approx(1000 / latency["p50"], rel=1e-3)
-        assert row["passed"] == (row["fps"] >= row["target_fps"])
+        assert row["passed"] == (row["fps"] >= row["target_fps"]) and row["interval"] is None
         details = row["details"]
         assert details["threads"] == 1 and details["runs"] >= 1
         assert details["peak_rss_mb"] >= details["baseline_rss_mb"] > 0
@@ -81,8 +83,14 @@ def test_json_rows_have_the_schema_and_say_measured_or_projected(exported):
         # A projection is one mean figure: no percentile is invented for it.
         assert row["kind"] == "projected" and row["latency_ms"]["p50"] is None and row["latency_ms"]["p99"] is None
         assert row["fps"] == pytest.approx(1000 / row["latency_ms"]["mean"], rel=1e-3)
-        assert row["method"].startswith("projected") and "leave-one-model-out" in row["method"]
-        assert row["details"]["lomo_mape_percent"] is not None
+        assert row["method"].startswith("projected") and "proxy" in row["method"]
+        interval, target_ms = row["interval"], 1000 / row["target_fps"]
+        assert interval["level"] == 0.9 and interval["fast_ms"] < row["latency_ms"]["mean"] < interval["slow_ms"]
+        assert 0.01 <= interval["chance_of_meeting_target"] <= 0.99
+        expected = ("pass" if interval["slow_ms"] <= target_ms else "FAIL" if interval["fast_ms"] > target_ms
+                    else "uncertain")
+        assert row["verdict"] == expected and row["passed"] == (expected == "pass")
+        assert row["details"]["held_out_pairs"] > 0 and "held out" in row["details"]["validation"]
     written = json.loads((exported / "bench.json").read_text())
     assert written["rows"] == rows
 
@@ -95,6 +103,41 @@ def test_gate_exits_1_below_the_target_and_0_above_it(exported, gate_profiles):
     passed = run_bench([exported, "--no-host", "--profiles-dir", gate_profiles, "--profile", "reachable"])
     assert passed.exit_code == 0, passed.output
     assert "gate (reachable): PASSED" in passed.stdout
+
+
+def _profile_with_target(folder: Path, name: str, target_fps: float) -> Path:
+    source = (BUILTIN_PROFILES_DIR / "raspberry-pi-5.toml").read_text()
+    (folder / f"{name}.toml").write_text(source.replace("target_fps = 30", f"target_fps = {target_fps!r}"))
+    return folder
+
+
+def test_a_projection_whose_central_figure_meets_the_target_but_whose_slow_end_does_not_is_uncertain(exported,
+                                                                                                   tmp_path):
+    first = run_bench([exported, "--no-host", "--target", "ncnn", "--profile", "raspberry-pi-5", "--json"])
+    row = next(r for r in rows_of(first) if r["artifact"].endswith("fp32.ncnn.param"))
+    mean, slow = row["latency_ms"]["mean"], row["interval"]["slow_ms"]
+    # a target the central estimate meets (an optimistic gate would pass it) and the slow end misses
+    folder = _profile_with_target(tmp_path, "straddled", 1000 / math.sqrt(mean * slow))
+    result = run_bench([exported, "--no-host", "--target", "ncnn", "--profiles-dir", folder, "--profile", "straddled"])
+    assert result.exit_code == 1
+    line = next(line for line in result.stdout.splitlines() if line.startswith("straddled") and "fp32.ncnn" in line)
+    assert line.endswith("uncertain") and "UNCERTAIN" in result.stdout
+    assert "frame-rate gate uncertain" in result.stderr and "--device-profile" in result.stderr
+    # the same row passes when its slow end meets the target
+    passing = _profile_with_target(tmp_path, "roomy", 1000 / (1.01 * slow))
+    roomy = run_bench([exported, "--no-host", "--target", "ncnn", "--profiles-dir", passing, "--profile", "roomy",
+                       "--json"])
+    assert next(r for r in rows_of(roomy) if r["artifact"] == row["artifact"])["verdict"] == "pass"
+
+
+def test_a_stricter_interval_level_widens_the_interval_the_gate_checks(exported):
+    default = run_bench([exported, "--no-host", "--target", "ncnn", "--profile", "raspberry-pi-5", "--json"])
+    strict = run_bench([exported, "--no-host", "--target", "ncnn", "--profile", "raspberry-pi-5", "--json",
+                        "--interval-level", "0.98"])
+    for loose, tight in zip(rows_of(default), rows_of(strict)):
+        assert tight["interval"]["level"] == 0.98
+        assert tight["interval"]["slow_ms"] > loose["interval"]["slow_ms"]
+        assert tight["interval"]["fast_ms"] < loose["interval"]["fast_ms"]
 
 
 def test_host_rows_are_shown_but_not_gated_unless_named(exported, gate_profiles):
@@ -191,6 +234,31 @@ def test_device_run_pushes_the_param_files_and_runs_benchncnn_on_them(exported, 
         assert row["latency_ms"] == {"p50": None, "p90": None, "p99": None, "mean": 1.61}
         assert row["fps"] == pytest.approx(1000 / 1.61, rel=1e-3)
         assert "benchncnn" in row["method"] and "Fake Phone 9" in row["method"]
+
+
+def test_a_measured_row_beats_the_projection_of_its_profile(exported, fake_adb, tmp_path):
+    env, _, binary = fake_adb
+    # the fake device runs each ncnn artifact in 1.61 ms; the projection of this tiny model is far faster, so with a
+    # 1000 FPS target only the measurement can fail the gate
+    folder = _profile_with_target(tmp_path, "my-board", 1000.0)
+    result = run_bench([exported, "--no-host", "--target", "ncnn", "--profiles-dir", folder, "--profile", "my-board",
+                        "--device", "adb:FAKE123", "--benchmark-binary", binary, "--device-profile", "my-board",
+                        "--json"], env=env)
+    rows = rows_of(result)
+    measured = [row for row in rows if row["kind"] == "measured"]
+    assert [row["artifact"] for row in measured] == ["my_mod_fp32.ncnn.param", "my_mod_fp16.ncnn.param"]
+    assert all(row["profile"] == "my-board" and row["gated"] and row["verdict"] == "FAIL" for row in measured)
+    superseded = [row for row in rows if row["kind"] == "projected" and row["artifact"].endswith(".ncnn.param")]
+    assert len(superseded) == 2 and all(row["verdict"] == "pass" for row in superseded)
+    assert all(not row["gated"] and row["details"]["superseded_by"] == "measured on the device" for row in superseded)
+    onnx = [row for row in rows if row["runtime"] == "onnx"]
+    assert onnx and all(row["gated"] and row["kind"] == "projected" for row in onnx)  # not measured: still gated
+    assert result.exit_code == 1
+
+
+def test_a_device_profile_needs_a_device(exported):
+    result = run_bench([exported, "--no-host", "--device-profile", "raspberry-pi-5"])
+    assert result.exit_code == 2 and "--device adb:SERIAL is missing" in result.stderr
 
 
 def test_without_adb_on_path_the_device_run_says_what_to_install(exported, fake_adb, tmp_path):
