@@ -5,10 +5,12 @@ target that fails is recorded in the manifest and the other targets are still pu
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -16,11 +18,12 @@ import numpy as np
 
 from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
 from core.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
-from core.manifest import MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, write_json_atomically
+from core.manifest import (MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, ConversionRecord, conversion_of,
+                           write_json_atomically)
 from core.parity import ParityResult, compare
 from exporter import onnx_stage
 from exporter.bundle import write_report_and_bundle
-from exporter.cache import conversion_key, reusable_artifacts, with_conversion_record
+from exporter.cache import conversion_key, conversion_options, made_from, reusable_artifacts, with_conversion_record
 from exporter.config import ExportSpec
 from exporter.datasets import DatasetPlan, Datasets, build_datasets
 from exporter.images import BUILTIN_PHOTOS
@@ -119,26 +122,9 @@ def run_export(spec: ExportSpec, clock: StageClock, keep_going: bool = False) ->
 def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
     onnx_model, reference, reference_name = _onnx_stage(run)
     _check_labels(run.labels, reference)
-    measured: list[tuple[Artifact, ParityResult, str]] = []  # artifact, parity, platform
-    interchange = interchange_target()
-    with run.clock.stage(f"parity {interchange.name} fp32"):
-        artifact = interchange.interchange_artifact(onnx_model)
-        measured.append((*_measure(artifact, _open(artifact, run, interchange.name), reference, run),
-                         run.spec.platform))
-    tool_versions = _base_tool_versions()
-    failures: list[TargetFailure] = []
-    for target_name in run.spec.target_names:
-        try:
-            target_measured, target_tools = _convert_and_measure(run, target_name, onnx_model, reference)
-        except Exception as error:
-            if not keep_going or disk_full_cause(error) is not None:
-                raise
-            failures.append(_target_failure(target_name, error, run.log_path(target_name)))
-            run.clock.note(f"{target_name} FAILED, going on with the other targets: "
-                           f"{failures[-1].error.message.splitlines()[0]}")
-            continue
-        measured += target_measured
-        tool_versions.update(target_tools)
+    job = _conversion_job(run, onnx_model)
+    inputs = made_from(job)  # the ONNX file is fingerprinted before publishing moves it
+    measured, failures = _measure_all(run, job, reference, keep_going)
     with run.clock.stage("write artifacts and manifest"), publishing(run.staging) as publisher:
         records = tuple(
             ArtifactRecord(_publish(publisher, artifact, run.model_dir, run.loaded.name), platform, parity)
@@ -146,7 +132,7 @@ def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
         )
         if run.labels:
             publisher.move(_staged_labels(run.labels, run.staging), run.model_dir / LABELS_NAME)
-        manifest = _manifest(run, onnx_model, reference_name, records, tool_versions, failures)
+        manifest = _manifest(run, onnx_model, inputs, reference_name, records, failures)
         manifest_path = run.model_dir / MANIFEST_NAME
         write_json_atomically(manifest_path, manifest)
     with run.clock.stage("write report.html, report.md and bundle.zip"):
@@ -155,40 +141,80 @@ def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
     return ExportReport(run.model_dir, manifest_path, records, dict(run.clock.seconds), tuple(failures))
 
 
-def _convert_and_measure(run: ExportRun, target_name: str, onnx_model: OnnxModel, reference: np.ndarray):
-    """(artifact, parity, platform) for each artifact of one target, and the target's tool versions."""
+def _measure_all(run: ExportRun, job: ConversionJob, reference: np.ndarray,
+                 keep_going: bool) -> tuple[list[tuple[Artifact, ParityResult, str]], list[TargetFailure]]:
+    """(artifact, parity, platform) for the ONNX model and each target asked for; and the targets that failed
+    while keep_going let the others finish."""
+    interchange = interchange_target()
+    measured = []
+    with run.clock.stage(f"parity {interchange.name} fp32"):
+        artifact = interchange.interchange_artifact(job.onnx)
+        measured.append((*_measure(artifact, _open(artifact, run, interchange.name), reference, run),
+                         run.spec.platform))
+    failures: list[TargetFailure] = []
+    for target_name in run.spec.target_names:
+        measured += _attempt(run, target_name, keep_going, failures,
+                             partial(_convert_and_measure, run, target_name, job, reference))
+    return measured, failures
+
+
+def _conversion_job(run: ExportRun, onnx_model: OnnxModel) -> ConversionJob:
+    """What every target converts; each gets its own workdir and log (_convert_and_measure)."""
     spec = run.spec
-    target = get_target(target_name)
-    workdir = run.staging / target_name
-    workdir.mkdir()
-    job = ConversionJob(
-        onnx=onnx_model, contract=spec.contract, calibration=run.datasets.calibration, workdir=workdir,
-        log_path=run.log_path(target_name), timeout_s=spec.timeout_s, int8_io=spec.int8_io,
+    return ConversionJob(
+        onnx=onnx_model, contract=spec.contract, calibration=run.datasets.calibration, workdir=run.staging,
+        log_path=run.log_path(interchange_target().name), timeout_s=spec.timeout_s, int8_io=spec.int8_io,
         torch_module=run.loaded.module, labels=run.labels, coreml_palettize=spec.coreml_palettize,
         int8_fallback_gate=None if spec.pure_int8 else spec.thresholds["int8"],
     )
-    tool_versions = target.tool_versions()
+
+
+def _attempt(run: ExportRun, target_name: str, keep_going: bool, failures: list[TargetFailure], step) -> list:
+    """step()'s measured artifacts; with keep_going a failure is added to `failures` and nothing is returned."""
+    try:
+        return step()
+    except Exception as error:
+        if not keep_going or disk_full_cause(error) is not None:
+            raise
+        failures.append(_target_failure(target_name, error, run.log_path(target_name)))
+        run.clock.note(f"{target_name} FAILED, going on with the other targets: "
+                       f"{failures[-1].error.message.splitlines()[0]}")
+        return []
+
+
+def _convert_and_measure(run: ExportRun, target_name: str, job: ConversionJob, reference: np.ndarray) -> list:
+    """(artifact, parity, platform) for each artifact of one target."""
+    workdir = run.staging / target_name
+    workdir.mkdir()
+    job = dataclasses.replace(job, workdir=workdir, log_path=run.log_path(target_name))
     with run.clock.stage(f"convert {target_name}"):
-        artifacts = _converted_or_reused(target, job, tool_versions, run)
+        artifacts = _converted_or_reused(get_target(target_name), job, run)
+    return _measure_each(run, artifacts, run.spec.platform_of(target_name), reference, target_name)
+
+
+def _measure_each(run: ExportRun, artifacts: list[Artifact], platform: str, reference: np.ndarray,
+                  log_name: str) -> list:
     measured = []
     for artifact in artifacts:
         with run.clock.stage(f"parity {artifact.runtime} {artifact.precision}"):
-            _, parity = _measure(artifact, _open(artifact, run, target_name), reference, run)
-            measured.append((artifact, parity, spec.platform_of(target_name)))
-            run.clock.note(_parity_line(artifact, parity))
-    return measured, tool_versions
+            _, parity = _measure(artifact, _open(artifact, run, log_name), reference, run)
+        measured.append((artifact, parity, platform))
+        run.clock.note(_parity_line(artifact, parity))
+    return measured
 
 
-def _converted_or_reused(target, job: ConversionJob, tool_versions: dict[str, str], run: ExportRun) -> list[Artifact]:
+def _converted_or_reused(target, job: ConversionJob, run: ExportRun) -> list[Artifact]:
     """The target's artifacts: those of the previous export when nothing that shapes them changed
     (exporter/cache.py), else a fresh conversion."""
+    tool_versions = target.tool_versions()
     key = conversion_key(job, target.name, tool_versions)
     reused = None if run.spec.rebuild else reusable_artifacts(run.model_dir, target.runtime, key, job.workdir)
     if reused is not None:
         run.clock.note(f"{target.name}: inputs, options and converters unchanged since the last export: "
                        "reusing its artifacts (parity is measured again; --rebuild converts anyway)")
     artifacts = reused if reused is not None else target.convert(job)
-    return [with_conversion_record(artifact, key, reused=reused is not None) for artifact in artifacts]
+    record = ConversionRecord(key, reused is not None, options=conversion_options(job), tools=tool_versions)
+    return [with_conversion_record(artifact, record) for artifact in artifacts]
 
 
 def _target_failure(target_name: str, error: Exception, log_path: Path) -> TargetFailure:
@@ -335,7 +361,7 @@ def _parity_line(artifact: Artifact, parity: ParityResult) -> str:
     return f"{artifact.runtime} {artifact.precision}: cosine {parity.cosine:.6f}{top1}{run_by} — {verdict}"
 
 
-def _manifest(run: ExportRun, onnx_model, reference_name, records, tool_versions, failures) -> dict:
+def _manifest(run: ExportRun, onnx_model, made_from_inputs: dict, reference_name, records, failures) -> dict:
     spec, loaded, labels = run.spec, run.loaded, run.labels
     return {
         "schema_version": SCHEMA_VERSION,
@@ -343,14 +369,24 @@ def _manifest(run: ExportRun, onnx_model, reference_name, records, tool_versions
         "input": {**spec.contract.to_manifest(), "name": onnx_model.input_name},
         "output": {"name": onnx_model.output_name, "shape": list(onnx_model.output_shape)},
         "labels": {"path": LABELS_NAME, "count": len(labels)} if labels else None,
+        "made_from": made_from_inputs,
         "parity_reference": reference_name,
         "data": run.datasets.description,
-        "int8_io": "int8" if spec.int8_io else "float32",
         "gates_passed": not failures and all(r.parity.passed for r in records),
         "artifacts": [{**record.to_manifest(run.model_dir),
                        "reproducible": get_target(record.artifact.runtime).is_reproducible(record.artifact.precision)}
                       for record in records],
         "failed_targets": [failure.to_manifest() for failure in failures],
-        "tools": tool_versions,
+        "tools": _tools(records),
         "stage_seconds": {name: round(value, 2) for name, value in run.clock.seconds.items()},
     }
+
+
+def _tools(records) -> dict[str, str]:
+    """Ours and the libraries', then each artifact's converters as it was made."""
+    tools = _base_tool_versions()
+    for record in records:
+        conversion = conversion_of(record.artifact.details)
+        if conversion is not None:
+            tools.update(conversion.tools)
+    return tools
