@@ -103,11 +103,15 @@ def _summary_section(manifest: dict) -> Section:
         verdict = f"target(s) {', '.join(failed)} FAILED to export (the manifest's failed_targets says why)"
     else:
         verdict = "at least one artifact FAILED its parity gate (see the parity table)"
+    kept = [Path(a["path"]).name for a in manifest["artifacts"] if _conversion_text(a).startswith(KEPT)]
+    kept_note = (f"Kept from an earlier export of other targets, their parity measured again by the latest one: "
+                 f"{', '.join(kept)}.",) if kept else ()
     return Section("Summary", (
         f"Model {model['name']} from {model['source']}: {len(manifest['artifacts'])} artifacts; {verdict}.",
         f"Parity reference: {manifest.get('parity_reference', 'unknown')}, on {data.get('validation_samples', '?')} "
         f"validation samples ({data.get('validation_source', '?')}); int8 calibrated on "
         f"{data.get('calibration_samples', '?')} samples from {data.get('calibration_source', '?')}.",
+        *kept_note,
     ))
 
 
