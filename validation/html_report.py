@@ -103,7 +103,7 @@ def _summary_section(manifest: dict) -> Section:
         verdict = f"target(s) {', '.join(failed)} FAILED to export (the manifest's failed_targets says why)"
     else:
         verdict = "at least one artifact FAILED its parity gate (see the parity table)"
-    kept = [Path(a["path"]).name for a in manifest["artifacts"] if _conversion_text(a).startswith(KEPT)]
+    kept = [Path(a["path"]).name for a in manifest["artifacts"] if _kept(a)]
     kept_note = (f"Kept from an earlier export of other targets, their parity measured again by the latest one: "
                  f"{', '.join(kept)}.",) if kept else ()
     return Section("Summary", (
@@ -135,6 +135,10 @@ def _parity_section(manifest: dict) -> Section:
         "reused ones included.", *_top1_change_notes(manifest), *_float_fallback_notes(manifest)),
         (Table(header, tuple(rows), "parity"),))
 
+
+def _kept(artifact: dict) -> bool:
+    conversion = conversion_of(artifact.get("details", {}))
+    return conversion is not None and conversion.kept
 
 
 def _conversion_text(artifact: dict) -> str:
