@@ -5,7 +5,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +16,11 @@ from core.parity import ParityResult
 from core.target import SnippetContract
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 1
+# 2: "made_from" (what every listed artifact was made from), artifacts kept from earlier exports of other targets
+# (details.conversion: kept, options, tools), earlier failures carried in "failed_targets", no top-level "int8_io"
+# (each artifact's conversion options say how it was made). The reader takes 1 and 2.
+SCHEMA_VERSION = 2
+CONVERSION_DETAIL = "conversion"  # the key under an artifact's details that holds its ConversionRecord
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,29 @@ class ArtifactRecord:
             "parity": self.parity.to_manifest(),
             "details": self.artifact.details,
         }
+
+
+@dataclass(frozen=True)
+class ConversionRecord:
+    """How a converted artifact was made: what lets a later export reuse it, or keep it beside other targets."""
+
+    key: str  # SHA-256 over everything that shaped it (exporter/cache.py): the reuse key it was made under
+    reused: bool  # its files come from an earlier export, not from this export's converter
+    kept: bool = False  # its target was not asked for: kept from an earlier export, its parity measured again
+    options: dict = field(default_factory=dict)  # the export options it was converted with (int8_io, ...)
+    tools: dict = field(default_factory=dict)  # its converters' versions
+
+    def to_manifest(self) -> dict:
+        return asdict(self)
+
+
+def conversion_of(details: dict) -> ConversionRecord | None:
+    """An artifact's conversion record from its manifest details; None for the ONNX model nothing converted."""
+    record = details.get(CONVERSION_DETAIL)
+    if not isinstance(record, dict):
+        return None
+    return ConversionRecord(str(record["key"]), bool(record["reused"]), bool(record.get("kept", False)),
+                            dict(record.get("options") or {}), dict(record.get("tools") or {}))
 
 
 def file_record(path: Path, model_dir: Path) -> dict:
@@ -118,6 +145,10 @@ class ManifestArtifact:
         return f"{self.runtime} {self.precision}"
 
     @property
+    def conversion(self) -> ConversionRecord | None:
+        return conversion_of(self.details)
+
+    @property
     def name(self) -> str:
         return Path(self.path).name
 
@@ -139,6 +170,9 @@ class ExportManifest:
     data: dict  # where calibration and validation photos came from
     artifacts: tuple[ManifestArtifact, ...]
     raw: dict  # the whole document, for the report that renders it
+    # SHA-256 per input every artifact was made from (exporter/cache.py MADE_FROM); None before schema 2
+    made_from: dict | None = None
+    failed_targets: tuple[dict, ...] = ()  # {"target", "exit_code", "error", "hint", "kept"}
 
     @property
     def input_name(self) -> str:
@@ -179,6 +213,8 @@ def read_manifest(model_dir: Path) -> ExportManifest:
             folder=Path(model_dir), model_name=raw["model"]["name"], input=dict(raw["input"]),
             output=dict(raw.get("output") or {}), labels=raw.get("labels"), data=dict(raw.get("data") or {}),
             artifacts=tuple(_artifact_entry(entry) for entry in raw["artifacts"]), raw=raw,
+            made_from=dict(raw["made_from"]) if raw.get("made_from") is not None else None,
+            failed_targets=tuple(dict(failure) for failure in raw.get("failed_targets") or ()),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise InputError(f"{path} is not a mobile-export manifest ({type(error).__name__}: {error})",

@@ -76,6 +76,9 @@ class Target:
     pad_ops: tuple[str, ...] = ()  # op kinds that pad explicitly
     benchmark_binary: str | None = None  # the name of the runtime's own device benchmark tool
     explainable: bool = False  # explain_graph reads its artifacts
+    # Its artifacts carry the class names (job.labels): an artifact kept from an earlier export must have been
+    # made with the labels this export ships in labels.txt.
+    embeds_labels: bool = False
 
     @property
     def runtime(self) -> str:

@@ -1,14 +1,18 @@
 """The export pipeline: ModelSource → module → ONNX (+ reference) → each target → parity → manifest.
 
 Nothing reaches OUT/<model>/ before every stage has succeeded (exporter/publish.py). With keep_going, a
-target that fails is recorded in the manifest and the other targets are still published.
+target that fails is recorded in the manifest and the other targets are still published. The earlier
+artifacts of targets not asked for are kept, or refused, as exporter/earlier.py decides: the manifest lists
+every artifact in the folder.
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -16,19 +20,21 @@ import numpy as np
 
 from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
 from core.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
-from core.manifest import MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, write_json_atomically
+from core.manifest import (MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, ConversionRecord, ManifestArtifact,
+                           conversion_of, write_json_atomically)
 from core.parity import ParityResult, compare
 from exporter import onnx_stage
 from exporter.bundle import write_report_and_bundle
-from exporter.cache import conversion_key, reusable_artifacts, with_conversion_record
+from exporter.cache import conversion_key, conversion_options, made_from, reusable_artifacts, with_conversion_record
 from exporter.config import ExportSpec
 from exporter.datasets import DatasetPlan, Datasets, build_datasets
+from exporter.earlier import EarlierExport, Leftover, artifact_entries, kept_artifact, refuse_leftovers, survey
 from exporter.images import BUILTIN_PHOTOS
 from exporter.loading import open_checked, open_runner
 from exporter.progress import StageClock
-from exporter.publish import Publisher, exclusive_staging, prepare_model_dir, publishing
+from exporter.publish import LABELS_NAME, LOGS_FOLDER, Publisher, exclusive_staging, prepare_model_dir, publishing
 from exporter.sources import LoadedModel, copy_checked_onnx, load_model
-from targets import get_target, interchange_target
+from targets import REGISTRY, get_target, interchange_target
 
 # Measured on the default MobileNetV2 (bench/results/heldout_photos_mobilenet_v2.md): int8 calibrated on
 # scikit-image's photos agreed with float on 0.910 of crops of ImageNet photos, and on 0.96-0.98 once half of
@@ -36,7 +42,6 @@ from targets import get_target, interchange_target
 BUILTIN_PHOTOS_HINT = ("calibrated and checked on built-in sample photos, not photos like your app's: pass --calib "
                        "(and --val) with ten or more of your own before you ship int8")
 
-LABELS_NAME = "labels.txt"
 ONNX_WORK_NAME = "model.onnx"
 SOURCE_ONNX_NAME = "source.onnx"
 
@@ -50,7 +55,7 @@ class TargetFailure:
 
     def to_manifest(self) -> dict:
         return {"target": self.target, "exit_code": self.error.exit_code, "error": self.error.message,
-                "hint": self.error.hint}
+                "hint": self.error.hint, "kept": False}
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class ExportReport:
     records: tuple[ArtifactRecord, ...]
     seconds: dict[str, float]
     failures: tuple[TargetFailure, ...] = ()
+    earlier_failures: tuple[dict, ...] = ()  # targets an earlier export failed and this one did not try again
+    removed: tuple[Leftover, ...] = ()  # what earlier exports left and the manifest no longer lists
 
     @property
     def passed(self) -> bool:
@@ -83,7 +90,7 @@ class ExportRun:
     clock: StageClock
 
     def log_path(self, stage: str) -> Path:
-        return self.model_dir / "logs" / f"{stage}.log"
+        return self.model_dir / LOGS_FOLDER / f"{stage}.log"
 
 
 def run_export(spec: ExportSpec, clock: StageClock, keep_going: bool = False) -> ExportReport:
@@ -119,76 +126,112 @@ def run_export(spec: ExportSpec, clock: StageClock, keep_going: bool = False) ->
 def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
     onnx_model, reference, reference_name = _onnx_stage(run)
     _check_labels(run.labels, reference)
-    measured: list[tuple[Artifact, ParityResult, str]] = []  # artifact, parity, platform
-    interchange = interchange_target()
-    with run.clock.stage(f"parity {interchange.name} fp32"):
-        artifact = interchange.interchange_artifact(onnx_model)
-        measured.append((*_measure(artifact, _open(artifact, run, interchange.name), reference, run),
-                         run.spec.platform))
-    tool_versions = _base_tool_versions()
-    failures: list[TargetFailure] = []
-    for target_name in run.spec.target_names:
-        try:
-            target_measured, target_tools = _convert_and_measure(run, target_name, onnx_model, reference)
-        except Exception as error:
-            if not keep_going or disk_full_cause(error) is not None:
-                raise
-            failures.append(_target_failure(target_name, error, run.log_path(target_name)))
-            run.clock.note(f"{target_name} FAILED, going on with the other targets: "
-                           f"{failures[-1].error.message.splitlines()[0]}")
-            continue
-        measured += target_measured
-        tool_versions.update(target_tools)
+    job = _conversion_job(run, onnx_model)
+    inputs = made_from(job)  # the ONNX file is fingerprinted before publishing moves it
+    earlier = survey(run.model_dir, inputs, (interchange_target().name, *run.spec.target_names))
+    if not run.spec.rebuild:
+        refuse_leftovers(run.model_dir, earlier)  # before converting: a refusal costs seconds, not minutes
+    measured, failures = _measure_all(run, job, reference, earlier, keep_going)
     with run.clock.stage("write artifacts and manifest"), publishing(run.staging) as publisher:
-        records = tuple(
-            ArtifactRecord(_publish(publisher, artifact, run.model_dir, run.loaded.name), platform, parity)
-            for artifact, parity, platform in measured
-        )
-        if run.labels:
-            publisher.move(_staged_labels(run.labels, run.staging), run.model_dir / LABELS_NAME)
-        manifest = _manifest(run, onnx_model, reference_name, records, tool_versions, failures)
+        records = tuple(ArtifactRecord(_published(publisher, artifact, run), platform, parity)
+                        for artifact, parity, platform in measured)
+        removed = (*_remove_unlisted(publisher, run, records, earlier, failures), *_publish_labels(publisher, run))
+        manifest = _manifest(run, onnx_model, inputs, reference_name, records, failures, earlier.failures)
         manifest_path = run.model_dir / MANIFEST_NAME
         write_json_atomically(manifest_path, manifest)
     with run.clock.stage("write report.html, report.md and bundle.zip"):
         # Rewritten with every export, so the folder never holds a report or bundle of earlier artifacts.
         write_report_and_bundle(run.model_dir)
-    return ExportReport(run.model_dir, manifest_path, records, dict(run.clock.seconds), tuple(failures))
+    return ExportReport(run.model_dir, manifest_path, records, dict(run.clock.seconds), tuple(failures),
+                        earlier.failures, removed)
 
 
-def _convert_and_measure(run: ExportRun, target_name: str, onnx_model: OnnxModel, reference: np.ndarray):
-    """(artifact, parity, platform) for each artifact of one target, and the target's tool versions."""
+def _measure_all(run: ExportRun, job: ConversionJob, reference: np.ndarray, earlier: EarlierExport,
+                 keep_going: bool) -> tuple[list[tuple[Artifact, ParityResult, str]], list[TargetFailure]]:
+    """(artifact, parity, platform) for the ONNX model, each target asked for and each kept one, in the
+    registry's order; and the targets that failed while keep_going let the others finish."""
+    interchange = interchange_target()
+    measured = []
+    with run.clock.stage(f"parity {interchange.name} fp32"):
+        artifact = interchange.interchange_artifact(job.onnx)
+        measured.append((*_measure(artifact, _open(artifact, run, interchange.name), reference, run),
+                         run.spec.platform))
+    failures: list[TargetFailure] = []
+    for target_name in run.spec.target_names:
+        measured += _attempt(run, target_name, keep_going, failures,
+                             partial(_convert_and_measure, run, target_name, job, reference))
+    for runtime in earlier.kept_runtimes():
+        run.clock.note(f"{runtime}: not asked for this time; keeping the earlier export's artifacts (made from the "
+                       "same model, contract and calibration; their parity is measured again)")
+        measured += _attempt(run, runtime, keep_going, failures,
+                             partial(_measure_kept, run, earlier.kept_of(runtime), reference))
+    measured.sort(key=lambda item: list(REGISTRY).index(item[0].runtime))
+    return measured, failures
+
+
+def _conversion_job(run: ExportRun, onnx_model: OnnxModel) -> ConversionJob:
+    """What every target converts; each gets its own workdir and log (_convert_and_measure)."""
     spec = run.spec
-    target = get_target(target_name)
-    workdir = run.staging / target_name
-    workdir.mkdir()
-    job = ConversionJob(
-        onnx=onnx_model, contract=spec.contract, calibration=run.datasets.calibration, workdir=workdir,
-        log_path=run.log_path(target_name), timeout_s=spec.timeout_s, int8_io=spec.int8_io,
+    return ConversionJob(
+        onnx=onnx_model, contract=spec.contract, calibration=run.datasets.calibration, workdir=run.staging,
+        log_path=run.log_path(interchange_target().name), timeout_s=spec.timeout_s, int8_io=spec.int8_io,
         torch_module=run.loaded.module, labels=run.labels, coreml_palettize=spec.coreml_palettize,
         int8_fallback_gate=None if spec.pure_int8 else spec.thresholds["int8"],
     )
-    tool_versions = target.tool_versions()
+
+
+def _attempt(run: ExportRun, target_name: str, keep_going: bool, failures: list[TargetFailure], step) -> list:
+    """step()'s measured artifacts; with keep_going a failure is added to `failures` and nothing is returned."""
+    try:
+        return step()
+    except Exception as error:
+        if not keep_going or disk_full_cause(error) is not None:
+            raise
+        failures.append(_target_failure(target_name, error, run.log_path(target_name)))
+        run.clock.note(f"{target_name} FAILED, going on with the other targets: "
+                       f"{failures[-1].error.message.splitlines()[0]}")
+        return []
+
+
+def _convert_and_measure(run: ExportRun, target_name: str, job: ConversionJob, reference: np.ndarray) -> list:
+    """(artifact, parity, platform) for each artifact of one target."""
+    workdir = run.staging / target_name
+    workdir.mkdir()
+    job = dataclasses.replace(job, workdir=workdir, log_path=run.log_path(target_name))
     with run.clock.stage(f"convert {target_name}"):
-        artifacts = _converted_or_reused(target, job, tool_versions, run)
+        artifacts = _converted_or_reused(get_target(target_name), job, run)
+    return _measure_each(run, artifacts, run.spec.platform_of(target_name), reference, target_name)
+
+
+def _measure_kept(run: ExportRun, entries: tuple[ManifestArtifact, ...], reference: np.ndarray) -> list:
+    """Parity of another target's artifacts, in place, against this export's reference and thresholds."""
+    artifacts = [kept_artifact(entry, run.model_dir) for entry in entries]
+    return _measure_each(run, artifacts, entries[0].platform, reference, entries[0].runtime)
+
+
+def _measure_each(run: ExportRun, artifacts: list[Artifact], platform: str, reference: np.ndarray,
+                  log_name: str) -> list:
     measured = []
     for artifact in artifacts:
         with run.clock.stage(f"parity {artifact.runtime} {artifact.precision}"):
-            _, parity = _measure(artifact, _open(artifact, run, target_name), reference, run)
-            measured.append((artifact, parity, spec.platform_of(target_name)))
-            run.clock.note(_parity_line(artifact, parity))
-    return measured, tool_versions
+            _, parity = _measure(artifact, _open(artifact, run, log_name), reference, run)
+        measured.append((artifact, parity, platform))
+        run.clock.note(_parity_line(artifact, parity))
+    return measured
 
 
-def _converted_or_reused(target, job: ConversionJob, tool_versions: dict[str, str], run: ExportRun) -> list[Artifact]:
+def _converted_or_reused(target, job: ConversionJob, run: ExportRun) -> list[Artifact]:
     """The target's artifacts: those of the previous export when nothing that shapes them changed
     (exporter/cache.py), else a fresh conversion."""
+    tool_versions = target.tool_versions()
     key = conversion_key(job, target.name, tool_versions)
     reused = None if run.spec.rebuild else reusable_artifacts(run.model_dir, target.runtime, key, job.workdir)
     if reused is not None:
         run.clock.note(f"{target.name}: inputs, options and converters unchanged since the last export: "
                        "reusing its artifacts (parity is measured again; --rebuild converts anyway)")
     artifacts = reused if reused is not None else target.convert(job)
-    return [with_conversion_record(artifact, key, reused=reused is not None) for artifact in artifacts]
+    record = ConversionRecord(key, reused is not None, options=conversion_options(job), tools=tool_versions)
+    return [with_conversion_record(artifact, record) for artifact in artifacts]
 
 
 def _target_failure(target_name: str, error: Exception, log_path: Path) -> TargetFailure:
@@ -267,6 +310,39 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
+def _published(publisher: Publisher, artifact: Artifact, run: ExportRun) -> Artifact:
+    conversion = conversion_of(artifact.details)
+    if conversion is not None and conversion.kept:
+        return artifact  # in its place since the export that made it
+    return _publish(publisher, artifact, run.model_dir, run.loaded.name)
+
+
+def _remove_unlisted(publisher: Publisher, run: ExportRun, records: tuple[ArtifactRecord, ...],
+                     earlier: EarlierExport, failures: list[TargetFailure]) -> tuple[Leftover, ...]:
+    """Take every artifact the new manifest does not list out of the folder (roll_back puts them back), and
+    return them with what earlier exports listed whose files are all gone: each with why it is not listed."""
+    listed = {path.relative_to(run.model_dir).parts[0] for record in records for path in record.artifact.files}
+    failed = {failure.target for failure in failures}
+    removed = []
+    for entry in artifact_entries(run.model_dir):
+        if entry.name not in listed:
+            publisher.remove(entry)
+            removed.append(Leftover(entry.name, earlier.why_removed(entry.name, failed), (entry.name,)))
+    gone = tuple(leftover for leftover in earlier.leftovers if not leftover.paths)
+    return (*removed, *gone)
+
+
+def _publish_labels(publisher: Publisher, run: ExportRun) -> tuple[Leftover, ...]:
+    """labels.txt is this export's labels; an earlier export's goes when this one has none."""
+    path = run.model_dir / LABELS_NAME
+    if run.labels:
+        publisher.move(_staged_labels(run.labels, run.staging), path)
+    elif path.exists():
+        publisher.remove(path)
+        return (Leftover(LABELS_NAME, "an earlier export's labels: this one was given none", (LABELS_NAME,)),)
+    return ()
+
+
 def _publish(publisher: Publisher, artifact: Artifact, model_dir: Path, model_name: str) -> Artifact:
     """Move an artifact's files from staging to their final names (atomic renames on one file system)."""
 
@@ -335,7 +411,8 @@ def _parity_line(artifact: Artifact, parity: ParityResult) -> str:
     return f"{artifact.runtime} {artifact.precision}: cosine {parity.cosine:.6f}{top1}{run_by} — {verdict}"
 
 
-def _manifest(run: ExportRun, onnx_model, reference_name, records, tool_versions, failures) -> dict:
+def _manifest(run: ExportRun, onnx_model, made_from_inputs: dict, reference_name, records, failures,
+              earlier_failures: tuple[dict, ...]) -> dict:
     spec, loaded, labels = run.spec, run.loaded, run.labels
     return {
         "schema_version": SCHEMA_VERSION,
@@ -343,14 +420,25 @@ def _manifest(run: ExportRun, onnx_model, reference_name, records, tool_versions
         "input": {**spec.contract.to_manifest(), "name": onnx_model.input_name},
         "output": {"name": onnx_model.output_name, "shape": list(onnx_model.output_shape)},
         "labels": {"path": LABELS_NAME, "count": len(labels)} if labels else None,
+        "made_from": made_from_inputs,
         "parity_reference": reference_name,
         "data": run.datasets.description,
-        "int8_io": "int8" if spec.int8_io else "float32",
-        "gates_passed": not failures and all(r.parity.passed for r in records),
+        # Over every artifact in the folder, kept ones included (their parity was measured by this export).
+        "gates_passed": not failures and not earlier_failures and all(r.parity.passed for r in records),
         "artifacts": [{**record.to_manifest(run.model_dir),
                        "reproducible": get_target(record.artifact.runtime).is_reproducible(record.artifact.precision)}
                       for record in records],
-        "failed_targets": [failure.to_manifest() for failure in failures],
-        "tools": tool_versions,
+        "failed_targets": [*(failure.to_manifest() for failure in failures), *earlier_failures],
+        "tools": _tools(records),
         "stage_seconds": {name: round(value, 2) for name, value in run.clock.seconds.items()},
     }
+
+
+def _tools(records) -> dict[str, str]:
+    """Ours and the libraries', then each artifact's converters as it was made (a kept one's may be older)."""
+    tools = _base_tool_versions()
+    for record in records:
+        conversion = conversion_of(record.artifact.details)
+        if conversion is not None:
+            tools.update(conversion.tools)
+    return tools

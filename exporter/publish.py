@@ -24,6 +24,8 @@ from core.manifest import MANIFEST_NAME
 
 STAGING_PREFIX = ".staging-"
 LOCK_NAME = ".mobile-export.lock"
+LOGS_FOLDER = "logs"
+LABELS_NAME = "labels.txt"
 # Leftovers a killed run can leave: its staging folder and write_json_atomically's temporary manifest.
 STALE_PREFIXES = (STAGING_PREFIX, f".{MANIFEST_NAME}.")
 IGNORED_WHILE_PUBLISHING = (signal.SIGINT, signal.SIGTERM)
@@ -36,7 +38,7 @@ def prepare_model_dir(out: Path, model_name: str) -> Path:
         if folder.exists() and not folder.is_dir():
             raise InputError(f"{folder} is a file, not a folder", hint="pass an --out folder (or remove that file)")
     try:
-        (model_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (model_dir / LOGS_FOLDER).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         if disk_full_cause(error):
             raise disk_full_error(out) from None
@@ -81,13 +83,20 @@ class Publisher:
         self._moves: list[tuple[Path, Path | None]] = []  # (final, where its previous version waits)
 
     def move(self, staged: Path, final: Path) -> None:
+        self._set_aside(final)
+        os.replace(staged, final)
+
+    def remove(self, final: Path) -> None:
+        """Take a file or folder out of the model folder; roll_back puts it back."""
+        self._set_aside(final)
+
+    def _set_aside(self, final: Path) -> None:
         previous = None
         if final.exists() or final.is_symlink():
             self._backup_dir.mkdir(exist_ok=True)
             previous = self._backup_dir / f"{len(self._moves)}-{final.name}"
             os.replace(final, previous)  # an .mlpackage is a folder: os.replace cannot overwrite a full one
         self._moves.append((final, previous))
-        os.replace(staged, final)
 
     def roll_back(self) -> None:
         for final, previous in reversed(self._moves):

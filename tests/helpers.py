@@ -48,3 +48,15 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`mobile-export export ARGS` from `cwd`, with this checkout first on the path."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([*CLI, "export", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=1200)
+
+
+def substitute_tflite_converter(monkeypatch, replacement: list[str]) -> None:
+    """Run `replacement` instead of the TFLite converter's child process (for an in-process export)."""
+    import core.process as process
+
+    real = process.run_contained
+
+    def substituted(args, **kwargs):
+        return real(replacement if "targets.tflite.convert" in args else args, **kwargs)
+
+    monkeypatch.setattr(process, "run_contained", substituted)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.manifest import read_manifest
+from core.manifest import conversion_of, read_manifest
 from validation.fps_gate import BENCH_NAME
 
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
@@ -21,6 +21,8 @@ PLOTS_FOLDER = "report_plots"  # the Markdown twin links its plots from here
 EXPLAIN_SUFFIX = ".explain.json"
 NO_BENCH = "no FPS measurement yet: run mobile-export bench"
 MAX_LISTED_CHANGES = 8  # top-1 changes named per artifact in the parity section; the manifest has all
+KEPT = "kept from an earlier export"
+KEY_SHOWN = 12  # hex digits of an artifact's reuse key in the parity table; the manifest has all 64
 NO_EXPLAIN = ("no per-layer error yet: run mobile-export explain OUT/<model> --artifact int8 to see where an "
               "artifact's error enters")
 
@@ -94,13 +96,22 @@ def build_sections(inputs: ReportInputs) -> list[Section]:
 
 def _summary_section(manifest: dict) -> Section:
     model, data = manifest["model"], manifest.get("data", {})
-    verdict = "every artifact passed its parity gate" if manifest.get("gates_passed") else \
-        "at least one artifact FAILED its parity gate (see the parity table)"
+    failed = [failure["target"] for failure in manifest.get("failed_targets") or ()]
+    if manifest.get("gates_passed"):
+        verdict = "every artifact passed its parity gate"
+    elif failed:
+        verdict = f"target(s) {', '.join(failed)} FAILED to export (the manifest's failed_targets says why)"
+    else:
+        verdict = "at least one artifact FAILED its parity gate (see the parity table)"
+    kept = [Path(a["path"]).name for a in manifest["artifacts"] if _kept(a)]
+    kept_note = (f"Kept from an earlier export of other targets, their parity measured again by the latest one: "
+                 f"{', '.join(kept)}.",) if kept else ()
     return Section("Summary", (
         f"Model {model['name']} from {model['source']}: {len(manifest['artifacts'])} artifacts; {verdict}.",
         f"Parity reference: {manifest.get('parity_reference', 'unknown')}, on {data.get('validation_samples', '?')} "
         f"validation samples ({data.get('validation_source', '?')}); int8 calibrated on "
         f"{data.get('calibration_samples', '?')} samples from {data.get('calibration_source', '?')}.",
+        *kept_note,
     ))
 
 
@@ -113,15 +124,30 @@ def _parity_section(manifest: dict) -> Section:
             f"{artifact.get('total_bytes', artifact['bytes']) / 1e6:.2f} MB", f"{parity['cosine']:.6f}",
             f"{parity['cosine_min']:.6f}", _top1_text(parity),
             _number(parity.get("top5_overlap"), 3), f"{parity['max_abs']:.2e}", _gate_text(parity["thresholds"]),
-            "pass" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"]),
+            _conversion_text(artifact), "pass" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"]),
         ))
     header = ("artifact", "runtime", "precision", "platform", "size", "cosine", "min cosine",
               "top-1 agreement (95 % interval)",
-              "top-5 overlap", "max |Δ|", "gate", "verdict")
+              "top-5 overlap", "max |Δ|", "gate", "made (reuse key)", "verdict")
     return Section("Parity against the reference", (
         "Each artifact ran in its own runtime on the validation photos and was compared with the reference; "
-        "cosine is the mean over samples.", *_top1_change_notes(manifest), *_float_fallback_notes(manifest)),
+        "cosine is the mean over samples. Every artifact's parity was measured by the latest export, kept and "
+        "reused ones included.", *_top1_change_notes(manifest), *_float_fallback_notes(manifest)),
         (Table(header, tuple(rows), "parity"),))
+
+
+def _kept(artifact: dict) -> bool:
+    conversion = conversion_of(artifact.get("details", {}))
+    return conversion is not None and conversion.kept
+
+
+def _conversion_text(artifact: dict) -> str:
+    """Who made the artifact, and the reuse key it was made under: a later export reuses it while that holds."""
+    conversion = conversion_of(artifact.get("details", {}))
+    if conversion is None:
+        return "exported"
+    made = KEPT if conversion.kept else "reused" if conversion.reused else "converted"
+    return f"{made} ({conversion.key[:KEY_SHOWN]})"
 
 
 def _top1_text(parity: dict) -> str:

@@ -1,7 +1,9 @@
 """The short human summary printed at the end of an export."""
 from __future__ import annotations
 
-from core.manifest import size_of
+from core.manifest import conversion_of, size_of
+
+KEPT_MARK = "kept"  # beside the gate of an artifact an earlier export made and this one measured again
 
 
 def summary_lines(report) -> list[str]:
@@ -14,11 +16,32 @@ def summary_lines(report) -> list[str]:
         lines.append(
             f"{record.artifact.path.name:<34} {record.artifact.runtime:<7} {record.artifact.precision:<5} "
             f"{size_mb:>7.2f}MB {parity.cosine:>9.6f} {top1:>6} {parity.max_abs:>9.2e}  "
-            + ("pass" if parity.passed else "FAIL")
+            + ("pass" if parity.passed else "FAIL") + (f"  {KEPT_MARK}" if _kept(record) else "")
         )
     samples = report.records[0].parity.samples if report.records else 0
     lines.append(f"parity on {samples} held-out validation samples; manifest: {report.manifest_path}")
     lines += _least_agreement_note(report.records)
+    return lines + _earlier_export_lines(report)
+
+
+def _kept(record) -> bool:
+    conversion = conversion_of(record.artifact.details)
+    return conversion is not None and conversion.kept
+
+
+def _earlier_export_lines(report) -> list[str]:
+    """What this export did with what earlier ones left in the folder: kept, removed, or still failed."""
+    kept = [record.artifact.path.name for record in report.records if _kept(record)]
+    lines = []
+    if kept:
+        lines.append(f"{KEPT_MARK}: {', '.join(kept)} from an earlier export (their targets were not asked for this "
+                     "time); their parity was measured again by this export")
+    for leftover in report.removed:
+        done = "removed" if leftover.paths else "no longer listed"
+        lines.append(f"{done}: {leftover.what} ({leftover.why})")
+    for failure in report.earlier_failures:
+        lines.append(f"still failed from an earlier export: {failure['target']} ({failure['error'].splitlines()[0]}); "
+                     f"export --target {failure['target']} to try it again")
     return lines
 
 

@@ -29,7 +29,9 @@ from exporter.config import DEFAULT_TARGET, TARGET_GROUPS
 @click.option("--pure-int8", is_flag=True, default=None,
               help="never keep int8 layers in float to pass the gate (for NPU/DSP delegates that run integer graphs only)")
 @click.option("--coreml-palettize", is_flag=True, default=None, help="also build a 6-bit palettized Core ML package")
-@click.option("--rebuild", is_flag=True, default=None, help="convert again even if nothing changed since the last export")
+@click.option("--rebuild", is_flag=True, default=None,
+              help="convert again even if nothing changed since the last export, and remove what earlier exports "
+                   "left in OUT/<model> that cannot be kept (another model's artifacts, edited files)")
 @click.option("--timeout", "timeout_s", type=float, help="seconds each converter may take (default 1800)")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="export.toml; flags override it")
 @click.option("--keep-going", is_flag=True, help="when a target fails, still publish the others (exit code stays non-zero)")

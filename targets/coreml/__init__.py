@@ -21,6 +21,7 @@ class CoreMLTarget(Target):
     # Measured on 2026-11-23: coremltools writes fresh random UUIDs into each package's Manifest.json, so no
     # precision comes out byte-identical (the model spec and weights are).
     reproducible_precisions = frozenset()
+    embeds_labels = True  # a classifier package keys its scores by the labels
 
     def convert(self, job: ConversionJob) -> list[Artifact]:
         from targets.coreml.convert import convert

@@ -10,7 +10,7 @@ import pytest
 
 from core.artifact import ConversionJob, OnnxModel
 from core.contract import InputContract
-from exporter.cache import conversion_key
+from exporter.cache import MADE_FROM, NOT_SHAPING_THE_RESULT, OPTIONS, conversion_key, conversion_options, made_from
 from tests.helpers import DIGITS_CONTRACT, run_cli
 
 
@@ -40,6 +40,17 @@ def test_the_key_follows_what_shapes_the_artifacts_and_nothing_else(job, tmp_pat
     job.onnx.path.write_bytes(b"other graph bytes")
     changed.append(conversion_key(job, "ncnn", {"pnnx": "1"}))
     assert key not in changed and len(set(changed)) == len(changed)
+
+
+def test_every_job_field_says_where_to_work_what_artifacts_are_made_from_or_how(job):
+    """A new ConversionJob field must land in one of the three, or the manifest would not say it shaped an artifact."""
+    made_from_fields = ("onnx", "contract", "calibration", "labels")
+    assert all(made.value_of(job) is getattr(job, name) for made, name in zip(MADE_FROM.values(), made_from_fields))
+    assert {field.name for field in dataclasses.fields(ConversionJob)} == \
+        NOT_SHAPING_THE_RESULT | set(made_from_fields) | set(OPTIONS)
+    assert set(conversion_options(job)) == set(OPTIONS) and set(made_from(job)) == set(MADE_FROM)
+    other_calibration = made_from(dataclasses.replace(job, calibration=np.ones((4, 3, 8, 8), np.float32)))
+    assert {name for name, digest in other_calibration.items() if digest != made_from(job)[name]} == {"calibration"}
 
 
 def ncnn_export(user_package: Path, photos: Path, out: Path, *extra: str):

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from exporter.cli import main
 from exporter.publish import LOCK_NAME, STAGING_PREFIX, exclusive_staging, interrupts_ignored, publishing
 from targets import get_target
-from tests.helpers import REPO
+from tests.helpers import REPO, substitute_tflite_converter
 
 DIGITS = ["--model", "python:my_pkg.my_mod:build", "--input-shape", "1,3,32,32", "--mean", "0.5,0.5,0.5",
           "--std", "0.25,0.25,0.25"]
@@ -149,17 +149,6 @@ def test_an_identical_rerun_is_byte_identical_where_the_manifest_says_so(
         assert artifact["reproducible"] == get_target(artifact["runtime"]).is_reproducible(artifact["precision"])
         if artifact["reproducible"]:
             assert artifact["sha256"] == first_sha[key], f"{key} is marked reproducible but changed between runs"
-
-
-def substitute_tflite_converter(monkeypatch, replacement: list[str]) -> None:
-    import core.process as process
-
-    real = process.run_contained
-
-    def substituted(args, **kwargs):
-        return real(replacement if "targets.tflite.convert" in args else args, **kwargs)
-
-    monkeypatch.setattr(process, "run_contained", substituted)
 
 
 def test_keep_going_publishes_the_other_targets_and_records_the_crash(
