@@ -100,7 +100,8 @@ def test_export_summary_gives_the_interval_of_the_lowest_top1_agreement(tmp_path
         SimpleNamespace(artifact=Artifact(Path("m_int8.tflite"), "tflite", "int8"),
                         parity=compare(reference, flipped, DEFAULT_THRESHOLDS["int8"])),
     ]
-    report = SimpleNamespace(model_dir=Path("out/m"), manifest_path=Path("out/m/manifest.json"), records=records)
+    report = SimpleNamespace(model_dir=Path("out/m"), manifest_path=Path("out/m/manifest.json"), records=records,
+                             removed=(), earlier_failures=())  # a fresh folder: nothing kept or removed
     assert summary_lines(report)[-1] == ("top-1 agreement 0.960 of m_int8.tflite on 50 samples: 95 % interval "
                                          "0.865-0.989; more --val photos narrow it")
     assert "interval" not in summary_lines(SimpleNamespace(**{**vars(report), "records": records[:1]}))[-1]
