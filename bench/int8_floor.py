@@ -4,9 +4,10 @@
     .venv/bin/python bench/int8_floor.py out/mobilenet_v2 --int16     # also int16 activations (16x8)
 
 For a model `mobile-export export` wrote (zoo model or default flags), this rebuilds the export's calibration
-and validation samples and its int8-ready ONNX graph (range equalization, then every convolution's weights
-rounded onto TFLite's int8 grid), and measures on the validation samples, with the int8 gate:
-  - weights only: that ONNX graph in ONNX Runtime, so every weight is int8 and every activation float;
+and validation samples and the int8 recipe's int8-ready float .tflite (the exported fp32 file with every
+convolution's weights rounded onto TFLite's int8 grid: targets/tflite/int8.py, deterministic, so the same as the
+export's), and measures on the validation samples, with the int8 gate:
+  - weights only: that float .tflite in LiteRT, so every weight is int8 and every activation float;
   - with --int16: the same weights with int16 activations, TFLite's 16x8 mode, in LiteRT;
   - the exported int8 artifact, as its manifest recorded it.
 Every top-1 change is listed with the reference's lead (its score of its own class minus its score of the
@@ -20,30 +21,35 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.onnx2tf_by_hand import ExportInputs, rebuild_export_inputs  # noqa: E402
-from exporter.onnx_stage import describe  # noqa: E402
-from targets.onnx import OnnxRuntimeRunner  # noqa: E402
+from bench.onnx2tf_by_hand import rebuild_export_inputs  # noqa: E402
 
 
 def measure(model_dir: Path, with_int16: bool) -> list[tuple[str, dict]]:
     from core.parity import DEFAULT_THRESHOLDS, compare
+    from targets.tflite.int8 import RecipeSteps, int8_ready
     from targets.tflite.runner import LiteRTRunner
 
     export = rebuild_export_inputs(model_dir)
     validation, gate = export.datasets.validation, DEFAULT_THRESHOLDS["int8"]
+    calibration = np.ascontiguousarray(export.datasets.calibration.transpose(0, 2, 3, 1), dtype=np.float32)
+    fp32 = (model_dir / _tflite_entry(export.manifest, "fp32")["path"]).read_bytes()
+    ready, _ = int8_ready(fp32, calibration, RecipeSteps())
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8-floor-") as scratch:
-        job, int8_ready = _int8_ready_graph(export, Path(scratch))
-        weights_only = OnnxRuntimeRunner(describe(int8_ready, export.spec.contract)).run(validation)
-        rows.append(("int8 weights, float activations (ONNX Runtime)",
-                     compare(export.reference, weights_only, gate).to_manifest()))
+        path = Path(scratch) / "int8_ready.tflite"
+        path.write_bytes(ready)
+        rows.append(("int8 weights, float activations (LiteRT)",
+                     compare(export.reference, LiteRTRunner(path).run(validation), gate).to_manifest()))
         if with_int16:
-            int16 = LiteRTRunner(_int16_activations(model_dir, export.manifest, job, int8_ready)).run(validation)
+            path = Path(scratch) / "int16_activations.tflite"
+            path.write_bytes(_int16_activations(ready, calibration))
             rows.append(("int8 weights, int16 activations (LiteRT 16x8)",
-                         compare(export.reference, int16, gate).to_manifest()))
+                         compare(export.reference, LiteRTRunner(path).run(validation), gate).to_manifest()))
     artifact = _tflite_entry(export.manifest, "int8")
     rows.append((f"exported {Path(artifact['path']).name} (manifest)", artifact["parity"]))
     return rows
@@ -54,41 +60,15 @@ def _tflite_entry(manifest: dict, precision: str) -> dict:
     return entry
 
 
-def _int8_ready_graph(export: ExportInputs, scratch: Path):
-    """The ConversionJob the TFLite target sees, and the int8-ready ONNX it quantizes from."""
-    from core.artifact import ConversionJob
-    from graph.passes.lean_graph import with_lean_graph
-    from targets.tflite.convert import int8_ready_onnx
-
-    job = with_lean_graph(ConversionJob(onnx=export.onnx_model, contract=export.spec.contract,
-                                        calibration=export.datasets.calibration, workdir=scratch,
-                                        log_path=scratch / "log.txt"))
-    path, _ = int8_ready_onnx(job)
-    return job, path
-
-
-def _int16_activations(model_dir: Path, manifest: dict, job, int8_ready: Path) -> Path:
-    """The export's fp32 .tflite with the int8-ready weights written in, quantized with int16 activations."""
-    import numpy as np
-    import onnx
+def _int16_activations(float_model: bytes, samples_nhwc: np.ndarray) -> bytes:
+    """The int8-ready float model quantized by TensorFlow with int16 activations (its own calibration)."""
     import tensorflow as tf
     from tensorflow.lite.python.optimize import calibrator
 
-    from targets.tflite.weights import substitute_edited_weights
-
-    fp32 = _tflite_entry(manifest, "fp32")
-    float_model = substitute_edited_weights((model_dir / fp32["path"]).read_bytes(), onnx.load(str(job.onnx.path)),
-                                            onnx.load(str(int8_ready)))
-    if float_model is None:
-        raise SystemExit("the int8-ready weights are not all found in the exported fp32 .tflite")
-    samples = np.ascontiguousarray(job.calibration.transpose(0, 2, 3, 1), dtype=np.float32)
-    model = calibrator.Calibrator(float_model).calibrate_and_quantize(
-        lambda: ([sample[None]] for sample in samples), tf.float32, tf.float32, False,
+    return calibrator.Calibrator(float_model).calibrate_and_quantize(
+        lambda: ([sample[None]] for sample in samples_nhwc), tf.float32, tf.float32, False,
         activations_type=tf.int16, bias_type=tf.int64,
     )
-    path = job.workdir / "int16_activations.tflite"
-    path.write_bytes(model)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,23 +123,22 @@ def _describe(plan: DatasetPlan, calibration_count: int, validation_count: int, 
     }
 
 
-def export_samples(data: dict, contract: InputContract, calib: str | None, val: str | None):
-    """An export's calibration tensors, rebuilt from the sources its manifest names (`data`), and the samples
-    to compare on: the export's validation tensors, or those of `val`. `calib` stands for the export's
-    calibration photos when they moved."""
+def explain_samples(data: dict, contract: InputContract, calib: str | None, val: str | None) -> np.ndarray:
+    """The samples explain compares on: those of `val`, else the export's own validation tensors, rebuilt from
+    the sources its manifest names (`data`; `calib` stands for the export's calibration photos when they moved,
+    which hold the validation photos when parity ran on a held-out part of them)."""
+    if val:
+        if not Path(val).exists():
+            raise InputError(f"the photos {val} are not there", hint="pass --val with a folder of photos or a .npy")
+        return validation_tensors(val, contract)
     calibration_source = calib or data["calibration_source"]
     held_out = data["validation_source"] == HELD_OUT_SOURCE
-    export_validation = None if held_out else (val or data["validation_source"])
-    for source in (calibration_source, export_validation, val):
+    export_validation = None if held_out else data["validation_source"]
+    for source in (calibration_source, export_validation):
         if source not in (None, BUILTIN_PHOTOS) and not Path(source).exists():
             raise InputError(
                 f"the photos {source} are not there (relative paths are taken from the folder explain runs in, "
                 "and the export's from the folder it ran in)",
                 hint="run explain from that folder, or pass --calib (and --val) with the same photos",
             )
-    datasets = build_datasets(DatasetPlan(calibration_source, export_validation), contract)
-    if held_out and val:
-        # Photos given with --val are compared on, never calibrated with: the reference re-applies the
-        # export's range equalization, whose scales come from the export's own calibration photos.
-        return datasets.calibration, validation_tensors(val, contract)
-    return datasets.calibration, datasets.validation
+    return build_datasets(DatasetPlan(calibration_source, export_validation), contract).validation

@@ -20,9 +20,8 @@ carry Keras op names such as `model_3/tf.nn.relu6_35/Relu6`, so names cannot be 
 Layout ops (PAD, RESHAPE, TRANSPOSE) are not compared; Split and (de)quantize ops pass their input on. ONNX
 weighted layers left without a partner are reported as unmatched, with the reason.
 
-The reference of an int8 artifact is the float graph it was quantized from: the published ONNX with the
-export's activation-range equalization re-applied on the same calibration photos (it rescales channels of
-inner tensors without changing the outputs). fp32 and fp16 artifacts are compared with the published ONNX.
+Every artifact is compared with the published ONNX, which every target converted from (the int8 recipe edits
+weights only: its rounding shows in the w.err column).
 """
 from __future__ import annotations
 
@@ -101,11 +100,12 @@ class ExplainReport:
 
 
 def explain_artifact(manifest: ExportManifest, entry: ManifestArtifact, validation: np.ndarray,
-                     calibration: np.ndarray, max_samples: int = DEFAULT_MAX_SAMPLES) -> ExplainReport:
+                     max_samples: int = DEFAULT_MAX_SAMPLES) -> ExplainReport:
     """Compare one artifact of an export with its ONNX reference on `validation` samples (the export's own, or
-    the user's); `calibration` is the export's, for the int8 reference's range equalization."""
+    the user's)."""
     model_dir = manifest.folder
-    reference, reference_text, notes = _reference_graph(manifest, entry, calibration)
+    reference, reference_text = _reference_graph(manifest)
+    notes: list[str] = []
     artifact = get_target(entry.runtime).explain_graph(entry.artifact(model_dir))
     if artifact is None:
         raise InputError(f"{entry.path} is a {entry.runtime} artifact, which explain cannot read",
@@ -162,26 +162,14 @@ def find_artifact(manifest: ExportManifest, key: str) -> ManifestArtifact:
     return found[0]
 
 
-def _reference_graph(manifest: ExportManifest, entry: ManifestArtifact, calibration: np.ndarray):
+def _reference_graph(manifest: ExportManifest):
+    """The export's ONNX model, which every artifact was converted from (its int8 recipe edits weights only)."""
     import onnx
 
     interchange = manifest.of_runtime(interchange_target().name)
     if not interchange:
         raise InputError("the export has no ONNX artifact to compare with", hint="re-run the export")
-    model = onnx.load(str(manifest.folder / interchange[0].path))
-    text = f"{interchange[0].path} in ONNX Runtime"
-    recipe = entry.details.get("int8_recipe") or {}
-    recorded_pairs = recipe.get("equalized_layer_pairs", 0)
-    if entry.precision != "int8" or not recorded_pairs:
-        return model, text, []
-    from graph.passes.equalize import equalize_activation_ranges
-
-    model, pairs = equalize_activation_ranges(model, calibration)
-    notes = []
-    if len(pairs) != recorded_pairs:
-        notes.append(f"the export equalized {recorded_pairs} layer pairs, this rebuild {len(pairs)}: inner "
-                     "tensors of the differing layers are scaled differently and will show as errors")
-    return model, f"{text}, with the export's range equalization re-applied ({len(pairs)} layer pairs)", notes
+    return onnx.load(str(manifest.folder / interchange[0].path)), f"{interchange[0].path} in ONNX Runtime"
 
 
 def _weight_notes(layers: tuple[LayerError, ...]) -> list[str]:

@@ -23,8 +23,7 @@ ARTIFACT_OP_WIDTH = 24
               help="where to write the PNG plot (default MODEL_DIR/<artifact>.explain.png)")
 @click.option("--samples", default=20, show_default=True, help="how many validation samples to run")
 @click.option("--calib", help="the export's --calib photos, when they moved since the export")
-@click.option("--val", help="photos (folder or .npy) to compare on instead of the export's validation photos; "
-                            "calibration stays the export's")
+@click.option("--val", help="photos (folder or .npy) to compare on instead of the export's validation photos")
 @click.option("--debug", is_flag=True, help="show Python tracebacks")
 def explain(model_dir: Path, artifact_key: str, as_json: bool, plot_path: Path | None, samples: int,
             calib: str | None, val: str | None, debug: bool) -> None:
@@ -34,14 +33,14 @@ def explain(model_dir: Path, artifact_key: str, as_json: bool, plot_path: Path |
 
     def run() -> int:
         from core.manifest import read_manifest
-        from exporter.datasets import export_samples
+        from exporter.datasets import explain_samples
         from validation.explain import explain_artifact, explain_json_path, find_artifact, save_report
         from validation.plots import layer_error_png
 
         manifest = read_manifest(model_dir)
         entry = find_artifact(manifest, artifact_key)
-        calibration, validation = export_samples(manifest.data, manifest.contract(), calib, val)
-        report = explain_artifact(manifest, entry, validation, calibration, max_samples=samples)
+        validation = explain_samples(manifest.data, manifest.contract(), calib, val)
+        report = explain_artifact(manifest, entry, validation, max_samples=samples)
         json_path = explain_json_path(model_dir, report.artifact)
         save_report(report, json_path)
         png_path = plot_path or json_path.with_suffix(".png")

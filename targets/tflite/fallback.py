@@ -1,104 +1,130 @@
-"""Selective float fallback for TFLite int8: when the int8 model fails the parity gate on calibration photos
-it was not tuned on, the few activation tensors whose int8 ranges cost the most are kept in float, the
-fewest that make it pass.
+"""Selective float fallback for TFLite int8: when the int8 model fails the parity gate on the calibration samples
+(cross-fitted: each sample scores a bias correction it did not tune), the few activation tensors whose int8
+ranges cost the most are kept in float, the fewest that make it pass.
 
-Keeping one op in float (mlir_quantize's `denylisted_nodes`) is not enough on its own: the tensors it reads
-and writes stay int8, so only the op's internal rounding is saved (on the default MobileNetV2 no single op
-gained more than 0.0003 output cosine). What loses accuracy is an activation tensor's int8 range, so a
-tensor is kept in float by keeping the op that writes it and every op that reads it in float. Ranked that
-way, the stem convolution's output of MobileNetV2 gains 0.0024 (0.99468 -> 0.99708 before bias correction).
+What loses accuracy is an activation tensor's int8 range, so a tensor is kept in float by keeping the op that
+writes it and every op that reads it in float (mlir_quantize's `denylisted_nodes`; keeping one op float saves
+almost nothing, because the tensors around it stay int8). The float ops keep their int8-grid weights: the
+fallback removes activation rounding, not weight rounding.
 
-The float ops keep the int8-grid weights of `graph.passes.weight_rounding`: the fallback removes activation
-rounding, not weight rounding. The choice is scored on calibration photos bias correction did not measure,
-never on the validation photos the parity gate is judged on.
+Ranking every tensor by a full quantization each would take minutes; instead the simulator computes what
+each candidate would give without requantizing (Graph.with_float_tensors), for the CANDIDATES tensors whose
+int8 range costs the most signal-to-noise (from their histograms), and the best four are then tried for real.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from dataclasses import dataclass
 from typing import Callable
 
-from core.parity import ParityResult
+from core.parity import ParityResult, ParityThresholds, compare, cosine_per_sample
+from targets.tflite.activation_ranges import clipping_range
+from targets.tflite.child_log import log
+from targets.tflite.quantize import Activations, CrossFitted, Folds, cross_fitted, ranges_for, scored, write_int8
+from targets.tflite.simulator import Graph, simulate
 
 MAX_FLOAT_TENSORS = 4  # beyond a few tensors the model is no longer the int8 model the user asked for
-
-
-@dataclass(frozen=True)
-class FloatRegion:
-    tensor: str  # the activation tensor kept in float
-    ops: tuple[str, ...]  # the ops that run in float for it, named as denylisted_nodes wants (first output)
-
-
-@dataclass(frozen=True)
-class RankedRegion:
-    region: FloatRegion
-    gain: float  # output cosine gained on the scoring photos when only this tensor is float (before bias correction)
+CANDIDATES = 12  # tensors simulated in float, chosen by the noise their int8 range adds
 
 
 @dataclass(frozen=True)
 class FallbackSteps:
-    """The three operations the search needs, supplied by the TFLite target."""
+    """What the search needs; the int8 recipe supplies them (tests supply scripted ones)."""
 
-    quantize: Callable[[tuple[str, ...]], bytes]  # int8 model with these ops in float
-    finish: Callable[[bytes], bytes]  # bias correction
-    check: Callable[[bytes], ParityResult]  # the parity gate on the scoring photos
-
-
-def float_regions(model) -> list[FloatRegion]:
-    """One candidate per activation tensor written by an op of a flatbuffer model object (graph outputs
-    excluded: a float output is not a fallback, it is the float model's output)."""
-    graph = model.subgraphs[0]
-    outputs = set(graph.outputs)
-    readers: dict[int, list] = {}
-    for op in graph.operators:
-        for tensor in op.inputs:
-            readers.setdefault(tensor, []).append(op)
-    names = [tensor.name.decode() for tensor in graph.tensors]
-    regions = []
-    for op in graph.operators:
-        tensor = op.outputs[0]
-        if tensor in outputs or tensor not in readers:
-            continue
-        ops = dict.fromkeys([names[tensor]] + [names[reader.outputs[0]] for reader in readers[tensor]])
-        regions.append(FloatRegion(names[tensor], tuple(ops)))
-    return regions
+    check: Callable[[object], ParityResult]  # the gate on a model (its cross-fitted scores)
+    rank: Callable[[], list[tuple[str, float]]]  # (tensor, output cosine gained when it alone is float), best first
+    attempt: Callable[[list[str]], object]  # the int8 model with these tensors kept in float
+    float_ops: Callable[[list[str]], tuple[str, ...]]  # the ops that run in float for these tensors
 
 
-def keep_sensitive_tensors_float(finished: bytes, unfinished: bytes, regions: list[FloatRegion], steps: FallbackSteps,
-                                 progress: Callable[[str], None] = print) -> tuple[bytes, dict]:
-    """`finished` when it passes the gate; else the int8 model with the fewest top-ranked tensors in float
-    that passes; else `finished` (a fallback that does not pass is not worth its cost). `unfinished` is
-    `finished` before bias correction, the baseline the tensors are ranked against. Returns the model and
-    a record of what was measured and chosen, for the manifest."""
-    before = steps.check(finished)
+def search(chosen, steps: FallbackSteps, progress: Callable[[str], None] = log) -> tuple[object, dict]:
+    """`chosen` when it passes the gate; else the model with the fewest top-ranked tensors in float that passes;
+    else `chosen` (a fallback that does not pass is not worth its cost). Returns the model and the record."""
+    before = steps.check(chosen)
     record = {"needed": not before.passed, "before": _scores(before)}
     if before.passed:
-        return finished, record
-    progress(f"int8 fails the gate on calibration photos ({'; '.join(before.failures)}): ranking "
-             f"{len(regions)} activation tensors by what keeping each in float gains")
-    ranked = rank_regions(regions, steps, unfinished)
-    record["ranked"] = [{"tensor": r.region.tensor, "gain": round(r.gain, 6)} for r in ranked[:2 * MAX_FLOAT_TENSORS]]
+        return chosen, record
+    progress(f"int8 fails the gate on the calibration samples ({'; '.join(before.failures)}): ranking activation "
+             "tensors by what keeping each in float gains")
+    ranked = [(name, gain) for name, gain in steps.rank() if gain > 0]
+    record["ranked"] = [{"tensor": name, "gain": round(gain, 6)} for name, gain in ranked[:2 * MAX_FLOAT_TENSORS]]
     record["attempts"] = []
     for count in range(1, min(MAX_FLOAT_TENSORS, len(ranked)) + 1):
-        chosen = [r.region for r in ranked[:count]]
-        ops = tuple(dict.fromkeys(op for region in chosen for op in region.ops))
-        model = steps.finish(steps.quantize(ops))
-        after = steps.check(model)
+        names = [name for name, _ in ranked[:count]]
+        attempt = steps.attempt(names)
+        after = steps.check(attempt)
+        ops = steps.float_ops(names)
         progress(f"{count} tensor(s) in float ({len(ops)} ops): {_summary(after)}")
         record["attempts"].append({"float_tensors": count, **_scores(after)})
         if after.passed:
-            record.update(passed=True, float_tensors=[r.tensor for r in chosen], float_ops=list(ops),
-                          after=_scores(after))
-            return model, record
+            record.update(passed=True, float_tensors=names, float_ops=list(ops), after=_scores(after))
+            return attempt, record
     record.update(passed=False, float_tensors=[], float_ops=[])
-    return finished, record
+    return chosen, record
 
 
-def rank_regions(regions: list[FloatRegion], steps: FallbackSteps, unfinished: bytes) -> list[RankedRegion]:
-    """The regions whose float tensor raises the output cosine of `unfinished` (no bias correction, like
-    each candidate), most first."""
-    baseline = steps.check(unfinished).cosine
-    ranked = [RankedRegion(region, steps.check(steps.quantize(region.ops)).cosine - baseline) for region in regions]
-    return sorted((r for r in ranked if r.gain > 0), key=lambda r: -r.gain)
+def keep_sensitive_tensors_float(method: str, bias_corrected: bool, chosen: CrossFitted, ready: bytes,
+                                 ready_graph: Graph, activations: Activations, folds: Folds, int8_io: bool,
+                                 gate: ParityThresholds) -> tuple[bytes, dict]:
+    """The float fallback of the int8 recipe (targets/tflite/int8.py), judged on cross-fitted calibration scores."""
+    ranges = ranges_for(method, ready_graph, activations)
+    steps = FallbackSteps(
+        check=lambda model: compare(model.reference, model.outputs, gate),
+        rank=lambda: _rank(Graph(chosen.model), activations, method, folds.samples[1], folds.reference[1]),
+        attempt=lambda names: (cross_fitted if bias_corrected else scored)(
+            write_int8(ready, ranges, int8_io, _float_ops(ready_graph, names)), folds),
+        float_ops=lambda names: _float_ops(ready_graph, names),
+    )
+    model, record = search(chosen, steps)
+    return model.model, {**record, "judged_on": "cross-fitted calibration samples"}
+
+
+def _rank(int8_graph: Graph, activations: Activations, method: str, samples: np.ndarray,
+          target: np.ndarray) -> list[tuple[str, float]]:
+    """(tensor name, output cosine gained when it alone is float, on the samples), best first, gains > 0 only."""
+    (output,) = int8_graph.outputs
+    baseline = cosine_per_sample(target, simulate(int8_graph, samples)[output].reshape(len(samples), -1)).mean()
+    by_name = {info.name: info.index for info in int8_graph.tensors}
+    gains = []
+    for name in _noisiest(int8_graph, activations, method):
+        if name not in by_name:
+            continue
+        view = int8_graph.with_float_tensors([by_name[name]])
+        outputs = simulate(view, samples)[output].reshape(len(samples), -1)
+        gains.append((name, float(cosine_per_sample(target, outputs).mean() - baseline)))
+    return sorted((g for g in gains if g[1] > 0), key=lambda g: -g[1])
+
+
+def _noisiest(graph: Graph, activations: Activations, method: str) -> list[str]:
+    """The CANDIDATES activation tensors whose int8 range adds the most noise relative to their signal."""
+    outputs = set(graph.outputs)
+    ratios = []
+    for tensor, counts in activations.histograms.items():
+        low, high = activations.bins[tensor]
+        if counts.sum() == 0 or tensor in outputs:
+            continue
+        clip_low, clip_high = clipping_range(method, counts, *activations.spans[tensor], bins=(low, high))
+        centers = low + (np.arange(len(counts)) + 0.5) * (high - low) / len(counts)
+        weights = counts / counts.sum()
+        step = (clip_high - clip_low) / 255
+        noise = (weights * (centers - np.clip(centers, clip_low, clip_high)) ** 2).sum() + step**2 / 12
+        signal = (weights * centers**2).sum()
+        ratios.append((noise / max(signal, 1e-30), tensor))
+    names = {info.index: info.name for info in graph.tensors}
+    return [names[tensor] for _, tensor in sorted(ratios, reverse=True)[:CANDIDATES]]
+
+
+def _float_ops(graph: Graph, tensor_names: list[str]) -> tuple[str, ...]:
+    """The ops that run in float to keep the named tensors float: each tensor's writer and readers, named by
+    their first output as mlir_quantize's denylist wants."""
+    by_name = {info.name: info.index for info in graph.tensors}
+    names = {info.index: info.name for info in graph.tensors}
+    ops = []
+    for name in tensor_names:
+        tensor = by_name[name]
+        ops += [names[op.outputs[0]] for op in graph.ops if tensor in op.outputs or tensor in op.inputs]
+    return tuple(dict.fromkeys(ops))
 
 
 def _scores(result: ParityResult) -> dict:

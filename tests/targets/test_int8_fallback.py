@@ -10,7 +10,7 @@ from core.artifact import ConversionJob, OnnxModel
 from core.contract import InputContract
 from core.parity import DEFAULT_THRESHOLDS, ParityThresholds, compare
 from targets.tflite import TFLiteTarget
-from targets.tflite.fallback import FallbackSteps, FloatRegion, keep_sensitive_tensors_float
+from targets.tflite.fallback import FallbackSteps, search
 from targets.tflite.runner import LiteRTRunner
 from tests.helpers import MEAN, STD, digit_photos, preprocess
 
@@ -115,25 +115,6 @@ def test_pure_int8_keeps_every_op_integer_and_lets_the_gate_fail(offset_channel_
     assert not compare(reference, LiteRTRunner(int8.path).run(held_out), DEFAULT_THRESHOLDS["int8"]).passed
 
 
-def test_each_layers_graph_prefix_computes_exactly_what_the_whole_model_does(offset_channel_onnx, pure_int8):
-    """Bias correction measures each layer on the model cut after it: the cut must change no value."""
-    from targets.tflite.int8 import _graph_prefix, _layer_outputs, _weighted_ops
-    from targets.tflite.runner import model_object as _model_object
-
-    samples = np.ascontiguousarray(offset_channel_onnx[2][:4].transpose(0, 2, 3, 1))
-    model_bytes = pure_int8.path.read_bytes()
-    model = _model_object(model_bytes)
-    weighted = _weighted_ops(model)
-    whole = _layer_outputs(model_bytes, [op.outputs[0] for op in weighted], samples)
-    assert len(weighted) == 4
-    for op, expected in zip(weighted, whole):
-        position = model.subgraphs[0].operators.index(op)  # as correct_biases finds it
-        prefix = _graph_prefix(model_bytes, position)
-        assert len(_model_object(prefix).subgraphs[0].operators) == position + 1
-        (measured,) = _layer_outputs(prefix, [op.outputs[0]], samples)
-        assert np.array_equal(measured, expected)
-
-
 class FakeResult:
     """The three fields of a ParityResult the fallback search reads."""
 
@@ -143,41 +124,47 @@ class FakeResult:
         self.failures = () if self.passed else (f"cosine {cosine} < {threshold}",)
 
 
-def scripted_steps(cosine_of_float_ops) -> FallbackSteps:
-    """Models are stood in for by the tuple of ops kept float; bias correction changes nothing."""
+# Scripted searches: a model is stood in for by the tuple of tensors kept float; the ops each needs are named.
+OPS = {"a": ("conv_a", "pool"), "b": ("conv_b", "add"), "c": ("conv_c",)}
+
+
+def scripted_steps(cosine_of_float_tensors, gains) -> FallbackSteps:
     return FallbackSteps(
-        quantize=lambda ops: ops, finish=lambda model: model, check=lambda ops: FakeResult(cosine_of_float_ops(ops)),
+        check=lambda tensors: FakeResult(cosine_of_float_tensors(tensors)),
+        rank=lambda: sorted(gains.items(), key=lambda item: -item[1]),
+        attempt=lambda names: tuple(names),
+        float_ops=lambda names: tuple(op for name in names for op in OPS[name]),
     )
 
 
-REGIONS = [FloatRegion("a", ("conv_a", "pool")), FloatRegion("b", ("conv_b", "add")), FloatRegion("c", ("conv_c",))]
-
-
 def test_a_model_that_passes_is_returned_as_it_is_and_nothing_is_ranked():
-    checked = []
-    steps = scripted_steps(lambda ops: checked.append(ops) or 0.995)
+    checked, ranked = [], []
+    steps = scripted_steps(lambda tensors: checked.append(tensors) or 0.995, {})
+    steps = FallbackSteps(steps.check, lambda: ranked.append(True) or [], steps.attempt, steps.float_ops)
 
-    model, record = keep_sensitive_tensors_float((), (), REGIONS, steps, progress=lambda _: None)
+    model, record = search((), steps, progress=lambda _: None)
 
-    assert model == () and record == {"needed": False, "before": record["before"]}
-    assert checked == [()]
+    assert model == () and record["needed"] is False and record["before"]["cosine"] == 0.995
+    assert checked == [()] and ranked == []
 
 
 def test_the_fewest_best_ranked_tensors_that_pass_are_kept_float_with_every_op_they_need():
-    gains = {"conv_a": 0.004, "conv_b": 0.001, "conv_c": 0.0}
-    steps = scripted_steps(lambda ops: 0.985 + sum(gains.get(op, 0.0) for op in ops))
+    gains = {"a": 0.004, "b": 0.001, "c": 0.0}
+    steps = scripted_steps(lambda tensors: 0.985 + sum(gains[name] for name in tensors), gains)
 
-    model, record = keep_sensitive_tensors_float((), (), REGIONS, steps, progress=lambda _: None)
+    model, record = search((), steps, progress=lambda _: None)
 
     assert record["needed"] and record["passed"]
-    assert record["float_tensors"] == ["a", "b"] and model == ("conv_a", "pool", "conv_b", "add")
+    assert record["float_tensors"] == ["a", "b"] and model == ("a", "b")
+    assert record["float_ops"] == ["conv_a", "pool", "conv_b", "add"]
     assert [entry["tensor"] for entry in record["ranked"]] == ["a", "b"]  # c gains nothing: never a candidate
 
 
 def test_when_no_fallback_passes_the_plain_int8_model_is_kept_and_the_attempt_recorded():
-    steps = scripted_steps(lambda ops: 0.95 + 0.001 * len(ops))
+    gains = {"a": 0.001, "b": 0.001, "c": 0.001}
+    steps = scripted_steps(lambda tensors: 0.95 + 0.001 * len(tensors), gains)
 
-    model, record = keep_sensitive_tensors_float("plain", (), REGIONS, steps, progress=lambda _: None)
+    model, record = search("plain", steps, progress=lambda _: None)
 
     assert model == "plain"
     assert record["needed"] and not record["passed"] and record["float_tensors"] == []

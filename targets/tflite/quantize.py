@@ -1,0 +1,154 @@
+"""The int8 model of a float .tflite for given ranges, and how well it does, cross-fitted on the calibration
+samples: the building blocks targets/tflite/int8.py and fallback.py share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from targets.tflite.activation_ranges import clipping_range
+from targets.tflite.bias_correction import add_bias_steps, correct_biases
+from targets.tflite.model_edit import EditableModel
+from targets.tflite.simulator import Graph, simulate
+
+BIAS_SAMPLES = 32  # per fold of the cross-fit, at most
+RANGE_DIGITS = 6  # significant digits a range keeps: float noise (~1e-16) never crosses such a boundary
+
+
+@dataclass(frozen=True)
+class CrossFitted:
+    """An int8 model bias-corrected on every fold, and the outputs each fold's samples get from the model
+    corrected on the other fold (so no sample scores a correction it tuned), with their float reference."""
+
+    model: bytes
+    outputs: np.ndarray
+    reference: np.ndarray
+
+    @property
+    def cosines(self) -> np.ndarray:
+        from core.parity import cosine_per_sample
+
+        return cosine_per_sample(self.reference, self.outputs)
+
+
+def model_outputs(graph: Graph, samples_nhwc: np.ndarray) -> np.ndarray:
+    (output,) = graph.outputs
+    return simulate(graph, samples_nhwc)[output].reshape(len(samples_nhwc), -1)
+
+
+@dataclass(frozen=True)
+class Activations:
+    """What the ranges are chosen from: each activation's (min, max) over every calibration sample (zero inside),
+    and its histogram over `bins`, a span fixed before the pass (values beyond it count in its edge bins)."""
+
+    spans: dict[int, tuple[float, float]]
+    bins: dict[int, tuple[float, float]]
+    histograms: dict[int, np.ndarray]
+
+
+def ranges_for(method: str, graph: Graph, activations: Activations) -> dict[str, tuple[float, float]]:
+    """{tensor name: (low, high)} for the method, rounded to RANGE_DIGITS significant digits. The model's outputs
+    keep their whole range: a clipping method cuts a classifier's largest logits, the answer itself, into ties
+    (on MobileNetV2, mse-clipped logits changed the top-1 class of 0.13 of held-out crops, min/max of 0.05)."""
+    outputs = set(graph.outputs)
+    found = {}
+    for tensor, span in activations.spans.items():
+        counts = activations.histograms.get(tensor)
+        clipped = counts is not None and counts.sum() and tensor not in outputs
+        low, high = clipping_range(method, counts, *span, bins=activations.bins[tensor]) if clipped else span
+        found[graph.tensors[tensor].name] = (_significant(low), _significant(high))
+    return found
+
+
+def _significant(value: float) -> float:
+    return float(f"{value:.{RANGE_DIGITS}g}")
+
+
+def write_int8(float_model: bytes, ranges: dict[str, tuple[float, float]], int8_io: bool,
+               float_ops: tuple[str, ...] = ()) -> bytes:
+    """TensorFlow's quantizer on the float model with our ranges written where its calibration would write
+    them; `float_ops` (named by their first output tensor) stay float."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.python.optimize import calibrator
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(
+        bytearray(calibrator.add_intermediate_tensors(float_model)))
+    for tensor in model.subgraphs[0].tensors:
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+        if name in ranges:
+            if tensor.quantization is None:
+                tensor.quantization = schema.QuantizationParametersT()
+            tensor.quantization.min, tensor.quantization.max = [ranges[name][0]], [ranges[name][1]]
+    calibrated = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    io_type = tf.int8 if int8_io else tf.float32
+    return tflite_convert.mlir_quantize(calibrated, disable_per_channel=False, input_data_type=io_type,
+                                        output_data_type=io_type, denylisted_nodes=list(float_ops) or None)
+
+
+@dataclass(frozen=True)
+class Folds:
+    """The calibration samples in two halves, with what scoring and bias correction need of each:
+    the float model's outputs (the reference) and its weighted layers' outputs (measured once, for every
+    candidate model)."""
+
+    samples: tuple[np.ndarray, np.ndarray]
+    reference: tuple[np.ndarray, np.ndarray]
+    layer_outputs: tuple[list[np.ndarray], list[np.ndarray]] | None
+
+
+def fold_positions(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of each fold: the first and the second half of the calibration samples, at most BIAS_SAMPLES
+    of each, spread over it. Calibration views come photo by photo, so the halves hold different photos, and a
+    score on the other half is a score on photos the correction never saw (interleaved halves shared every
+    photo: cross-fitted cosine 0.9987 where new photos gave 0.9948)."""
+    half = count // 2
+    return _spread(0, half), _spread(half, count)
+
+
+def folds_of(calibration_nhwc: np.ndarray, reference: np.ndarray, layer_outputs: dict | None) -> Folds:
+    """`layer_outputs`: {weighted op: float outputs of the fold samples, fold 0's then fold 1's} or None."""
+    positions = fold_positions(len(calibration_nhwc))
+    samples = tuple(calibration_nhwc[p] for p in positions)
+    references = tuple(reference[p] for p in positions)
+    layers = None
+    if layer_outputs is not None:
+        first = len(positions[0])
+        ordered = [layer_outputs[op] for op in sorted(layer_outputs)]
+        layers = ([np.stack(outputs[:first]) for outputs in ordered], [np.stack(outputs[first:]) for outputs in ordered])
+    return Folds(samples, references, layers)
+
+
+def _spread(start: int, stop: int) -> np.ndarray:
+    """At most BIAS_SAMPLES indices spread evenly over start..stop-1 (views of every photo of the half)."""
+    count = min(BIAS_SAMPLES, stop - start)
+    return np.unique(np.linspace(start, stop - 1, count).round().astype(int))
+
+
+def scored(quantized: bytes, folds: Folds) -> CrossFitted:
+    """The int8 model as it is, scored on both folds (nothing tuned on either)."""
+    outputs = [model_outputs(Graph(quantized), folds.samples[fold]) for fold in (1, 0)]
+    return CrossFitted(quantized, np.concatenate(outputs), np.concatenate([folds.reference[1], folds.reference[0]]))
+
+
+def cross_fitted(quantized: bytes, folds: Folds) -> CrossFitted:
+    """Each fold's bias correction scored on the other fold; the model returned carries the mean of the two
+    folds' corrections (rounded to whole steps), which neither fold's score favours."""
+    outputs, corrections = [], []
+    for tuned, scored_fold in ((0, 1), (1, 0)):
+        model = EditableModel(quantized)
+        corrections.append(correct_biases(model, folds.samples[tuned], folds.layer_outputs[tuned]))
+        outputs.append(model_outputs(Graph(model.to_bytes()), folds.samples[scored_fold]))
+    final = EditableModel(quantized)
+    add_bias_steps(final, _mean_steps(corrections))
+    return CrossFitted(final.to_bytes(), np.concatenate(outputs),
+                       np.concatenate([folds.reference[1], folds.reference[0]]))
+
+
+def _mean_steps(corrections: list[dict]) -> dict:
+    tensors = set().union(*corrections)
+    zero = {tensor: 0 for tensor in tensors}
+    return {tensor: np.round(sum(c.get(tensor, zero[tensor]) for c in corrections) / len(corrections)).astype(np.int64)
+            for tensor in tensors}
