@@ -14,7 +14,7 @@ BENCH_ARGS ?=
 INSTALLED := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv export test test-all bench bench-host-fps bench-export-time bench-projection-error clean
+.PHONY: venv venv-quantizer export test test-all bench bench-host-fps bench-export-time bench-projection-error bench-int8-suite clean
 
 venv: $(INSTALLED)
 
@@ -48,6 +48,18 @@ bench-host-fps: venv
 .PHONY: browser
 browser:
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# ai-edge-quantizer, the int8 suite's baseline, pins another LiteRT than onnx2tf: a virtualenv of its own.
+QUANTIZER_VENV := .venv-quantizer
+venv-quantizer: $(QUANTIZER_VENV)/.installed
+
+$(QUANTIZER_VENV)/.installed: requirements-quantizer.lock
+	test -x $(QUANTIZER_VENV)/bin/python || $(PYTHON) -m venv $(QUANTIZER_VENV)
+	$(QUANTIZER_VENV)/bin/pip install --quiet -r requirements-quantizer.lock
+	touch $@
+
+bench-int8-suite: venv venv-quantizer
+	$(BIN)/python bench/int8_suite.py $(BENCH_ARGS)
 
 bench-export-time: venv
 	$(BIN)/python bench/export_time.py

@@ -71,7 +71,7 @@ def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
     export = rebuild_export_inputs(model_dir)
     with tempfile.TemporaryDirectory(prefix="onnx2tf-by-hand-") as scratch:
         started = time.perf_counter()
-        tflite_path = _onnx2tf_int8(export.onnx_model, export.datasets.calibration, export.spec.contract,
+        tflite_path = onnx2tf_int8(export.onnx_model, export.datasets.calibration, export.spec.contract,
                                     Path(scratch))
         seconds = time.perf_counter() - started
         candidate = LiteRTRunner(tflite_path).run(export.datasets.validation)
@@ -87,7 +87,7 @@ def by_hand_row(model: str, weights_kind: str, model_dir: Path) -> MatrixRow:
     )
 
 
-def _onnx2tf_int8(onnx_model, calibration_nchw: np.ndarray, contract, scratch: Path) -> Path:
+def onnx2tf_int8(onnx_model, calibration_nchw: np.ndarray, contract, scratch: Path) -> Path:
     """onnx2tf's -oiqt with the calibration photos given as it asks: NHWC in [0, 1], with the mean and std."""
     import onnx2tf
 
