@@ -61,14 +61,18 @@ def test_int8_bias_correction_is_kept_only_when_it_leads_on_photos_it_was_not_tu
     manifest = json.loads((model_dir / "manifest.json").read_text())
     (int8,) = [a for a in manifest["artifacts"] if a["runtime"] == "tflite" and a["precision"] == "int8"]
     recipe = int8["details"]["int8_recipe"]
+    ranges = recipe["activation_ranges"]
+    method, preferred = ranges["method"], recipe["steps"]["range_methods"][0]
+    assert set(ranges["cosine"]) == set(recipe["steps"]["range_methods"])  # every method was scored
+    if method != preferred:  # a later method replaces the preferred one only on a lead
+        assert ranges["cosine"][method] > ranges["cosine"][preferred]
     scores = recipe["bias_correction"]["cross_fitted_cosine"]
-    assert set(scores) == {"mse", "mse + bias correction"}  # both candidates were scored
+    assert set(scores) == {method, f"{method} + bias correction"}  # both candidates were scored
     # Kept only on a lead: applied with a lower cross-fitted score would be a step that hurt.
     if recipe["bias_correction"]["applied"]:
-        assert scores["mse + bias correction"] > scores["mse"]
-    ranges = recipe["activation_ranges"]
+        assert scores[f"{method} + bias correction"] > scores[method]
     # The scored samples are the two folds' calibration samples, each scored by a model not corrected on it.
-    assert ranges["method"] == "mse" and 0 < ranges["scored_on"] <= recipe["calibration_samples"]
+    assert 0 < ranges["scored_on"] <= recipe["calibration_samples"]
     assert ranges["description"] and "standard errors" in ranges["chosen_by"]
     assert recipe["grid_rounded_layers"] > 0
 
