@@ -19,14 +19,9 @@ def export_from_torch(module, contract: InputContract, path: Path, log_path: Pat
         with torch.no_grad(), output_to(log_path):
             # dynamo=False: the TorchScript-based exporter handles these CNNs on torch 2.13 without
             # the extra dependencies (onnxscript) the dynamo exporter needs.
-            # PRESERVE (the module is in eval mode): BatchNormalization is exported as it is and onnxsim folds
-            # it into the convolution. The exporter's own EVAL folding computes the folded weights with the
-            # CPU's vector kernels, whose last bit differs between AVX2 and AVX-512 machines (1 % of the
-            # weights of MobileNetV2 by 1 ulp, so every artifact's bytes differed); onnxsim's does not.
             torch.onnx.export(
                 module, (example,), str(path), dynamo=False, opset_version=OPSET,
                 input_names=["input"], output_names=["output"], do_constant_folding=True,
-                training=torch.onnx.TrainingMode.PRESERVE,
             )
     except Exception as error:
         raise ConverterError(
