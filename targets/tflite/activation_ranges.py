@@ -94,7 +94,7 @@ def describe_choice(choice: dict | None) -> dict:
     if not choice:
         return {"method": "unknown"}
     return {**choice, "description": METHOD_DESCRIPTIONS[choice["method"]],
-            "chosen_by": "mean output cosine against the float model, cross-fitted on the calibration photos (each "
-                         "half's bias correction scored on the other half's photos); a method replaces the earlier one "
+            "chosen_by": "mean output cosine against the float model of each method's int8 model on both halves of "
+                         "the calibration photos (before bias correction); a method replaces the earlier one "
                          f"in the order {', '.join(RANGE_METHODS)} only when it leads by more than "
                          f"{CLEAR_LEAD_STANDARD_ERRORS:g} standard errors of the per-sample difference"}

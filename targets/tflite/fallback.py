@@ -21,8 +21,17 @@ from typing import Callable
 from core.parity import ParityResult, ParityThresholds, compare, cosine_per_sample
 from targets.tflite.activation_ranges import clipping_range
 from targets.tflite.child_log import log
-from targets.tflite.quantize import Activations, CrossFitted, Folds, cross_fitted, ranges_for, scored, write_int8
-from targets.tflite.simulator import Graph, simulate
+from targets.tflite.quantize import (
+    Activations,
+    CrossFitted,
+    Folds,
+    cross_fitted,
+    model_outputs,
+    ranges_for,
+    scored,
+    write_int8,
+)
+from targets.tflite.simulator import Graph
 
 MAX_FLOAT_TENSORS = 4  # beyond a few tensors the model is no longer the int8 model the user asked for
 CANDIDATES = 12  # tensors simulated in float, chosen by the noise their int8 range adds
@@ -83,16 +92,14 @@ def keep_sensitive_tensors_float(method: str, bias_corrected: bool, chosen: Cros
 def _rank(int8_graph: Graph, activations: Activations, method: str, samples: np.ndarray,
           target: np.ndarray) -> list[tuple[str, float]]:
     """(tensor name, output cosine gained when it alone is float, on the samples), best first, gains > 0 only."""
-    (output,) = int8_graph.outputs
-    baseline = cosine_per_sample(target, simulate(int8_graph, samples)[output].reshape(len(samples), -1)).mean()
+    baseline = cosine_per_sample(target, model_outputs(int8_graph, samples)).mean()
     by_name = {info.name: info.index for info in int8_graph.tensors}
     gains = []
     for name in _noisiest(int8_graph, activations, method):
         if name not in by_name:
             continue
         view = int8_graph.with_float_tensors([by_name[name]])
-        outputs = simulate(view, samples)[output].reshape(len(samples), -1)
-        gains.append((name, float(cosine_per_sample(target, outputs).mean() - baseline)))
+        gains.append((name, float(cosine_per_sample(target, model_outputs(view, samples)).mean() - baseline)))
     return sorted((g for g in gains if g[1] > 0), key=lambda g: -g[1])
 
 

@@ -11,7 +11,7 @@ step is worth on real models it was not tuned on, and a step stays only when it 
 4. when a gate is given and the int8 model fails it on the calibration samples, the few activation tensors
    that cost the most are kept in float (targets/tflite/fallback.py).
 Range equalization (scaling channels between ReLU6 layers) is not a step any more: calibrated on 6 photos it
-took EfficientNet-Lite1 to cosine 0.898 on new photos and cost MobileNetV2 0.001 (bench/results/int8_suite.md).
+took EfficientNet-Lite1 to cosine 0.898 on new photos (bench/int8_suite.py).
 
 Every statistic, score and correction comes from targets/tflite/simulator.py in float64 and is rounded before
 it reaches a byte (ranges to quantize.RANGE_DIGITS significant digits, weights to int8 levels, biases to whole
@@ -42,6 +42,7 @@ from targets.tflite.quantize import (
     folds_of,
     ranges_for,
     scored,
+    spread_positions,
     write_int8,
 )
 from targets.tflite.rounding import round_weights, roundable_ops
@@ -105,10 +106,9 @@ def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: boo
             candidates.append(Candidate(method, True, cross_fitted(quantized, folds)))
     scores = {candidate.name: candidate.result.cosines for candidate in candidates}
     chosen = next(c for c in candidates if c.name == clear_winner(scores))
-    means = {name: round(float(cosines.mean()), 6) for name, cosines in scores.items()}
-    record["activation_ranges"] = describe_choice({
-        "method": method, "scored_on": int(len(unchanged.cosines)),
-        "cosine": {name: round(float(cosines.mean()), 6) for name, cosines in method_scores.items()}})
+    means = _rounded_means(scores)
+    record["activation_ranges"] = describe_choice({"method": method, "scored_on": int(len(unchanged.cosines)),
+                                                   "cosine": _rounded_means(method_scores)})
     record["bias_correction"] = {
         "applied": chosen.bias_corrected,
         "how": "empirical, layer by layer, the mean of the two halves' corrections" if chosen.bias_corrected else
@@ -123,6 +123,10 @@ def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: boo
             chosen.method, chosen.bias_corrected, chosen.result, ready, ready_graph, measured.activations, folds,
             int8_io, gate)
     return model, record
+
+
+def _rounded_means(cosines_by_name: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: round(float(cosines.mean()), 6) for name, cosines in cosines_by_name.items()}
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ def _measure_float_model(float_model: bytes, calibration_nhwc: np.ndarray, steps
             for t, (low, high) in scouted.items()}
     with phase(f"float model ({len(calibration_nhwc)} samples): ranges, histograms, rounding statistics, outputs"):
         statistics = measure(graph, calibration_nhwc, ranges_of=tensors, histograms_of=bins, hessians_of=roundable,
-                             hessian_samples=_spread_positions(len(calibration_nhwc), ROUNDING_SAMPLES),
+                             hessian_samples=spread_positions(0, len(calibration_nhwc), ROUNDING_SAMPLES),
                              keep={output}, layer_outputs_of=weighted,
                              layer_output_samples=np.concatenate(fold_positions(len(calibration_nhwc))))
     spans = {t: _nonempty(min(low, 0.0), max(high, 0.0)) for t, (low, high) in statistics.ranges.items()}
@@ -169,12 +173,7 @@ EMPTY_RANGE = 1e-6
 
 
 def _spread(samples: np.ndarray, count: int) -> np.ndarray:
-    """`count` samples spread over all of them (views of every photo, not the first photo's crops)."""
-    return samples[_spread_positions(len(samples), count)]
-
-
-def _spread_positions(total: int, count: int) -> np.ndarray:
-    return np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+    return samples[spread_positions(0, len(samples), count)]
 
 
 def _rounded(float_model: bytes, hessians: dict, steps: RecipeSteps) -> tuple[bytes, dict]:

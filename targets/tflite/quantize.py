@@ -105,7 +105,7 @@ def fold_positions(count: int) -> tuple[np.ndarray, np.ndarray]:
     score on the other half is a score on photos the correction never saw (interleaved halves shared every
     photo: cross-fitted cosine 0.9987 where new photos gave 0.9948)."""
     half = count // 2
-    return _spread(0, half), _spread(half, count)
+    return spread_positions(0, half, BIAS_SAMPLES), spread_positions(half, count, BIAS_SAMPLES)
 
 
 def folds_of(calibration_nhwc: np.ndarray, reference: np.ndarray, layer_outputs: dict | None) -> Folds:
@@ -121,15 +121,16 @@ def folds_of(calibration_nhwc: np.ndarray, reference: np.ndarray, layer_outputs:
     return Folds(samples, references, layers)
 
 
-def _spread(start: int, stop: int) -> np.ndarray:
-    """At most BIAS_SAMPLES indices spread evenly over start..stop-1 (views of every photo of the half)."""
-    count = min(BIAS_SAMPLES, stop - start)
-    return np.unique(np.linspace(start, stop - 1, count).round().astype(int))
+def spread_positions(start: int, stop: int, count: int) -> np.ndarray:
+    """At most `count` indices spread evenly over start..stop-1: calibration views come photo by photo, so these
+    are views of every photo, not the first photo's."""
+    return np.unique(np.linspace(start, stop - 1, min(count, stop - start)).round().astype(int))
 
 
 def scored(quantized: bytes, folds: Folds) -> CrossFitted:
     """The int8 model as it is, scored on both folds (nothing tuned on either)."""
-    outputs = [model_outputs(Graph(quantized), folds.samples[fold]) for fold in (1, 0)]
+    graph = Graph(quantized)
+    outputs = [model_outputs(graph, folds.samples[fold]) for fold in (1, 0)]
     return CrossFitted(quantized, np.concatenate(outputs), np.concatenate([folds.reference[1], folds.reference[0]]))
 
 
@@ -149,6 +150,5 @@ def cross_fitted(quantized: bytes, folds: Folds) -> CrossFitted:
 
 def _mean_steps(corrections: list[dict]) -> dict:
     tensors = set().union(*corrections)
-    zero = {tensor: 0 for tensor in tensors}
-    return {tensor: np.round(sum(c.get(tensor, zero[tensor]) for c in corrections) / len(corrections)).astype(np.int64)
+    return {tensor: np.round(sum(c.get(tensor, 0) for c in corrections) / len(corrections)).astype(np.int64)
             for tensor in tensors}
