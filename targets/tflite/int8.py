@@ -57,7 +57,7 @@ MEASURED, ALWAYS, NEVER = "measured", "always", "never"  # the ways bias correct
 class RecipeSteps:
     round_weights: bool = True
     # Several: chosen by cross-fitted score, the first preferred on a tie; one: fixed. Neither mse nor percentile
-    # wins everywhere: on the default export's held-out crops percentile gave cosine 0.993411 against mse's
+    # wins everywhere: on the default export's held-out crops percentile gave cosine 0.993303 against mse's
     # 0.990832 (cross-fit 0.991932 against 0.986314, so it is chosen), on EfficientNet-Lite1 they tie (0.995259,
     # 0.995304; cross-fit too, so mse stays). min/max trailed both on every model measured.
     range_methods: tuple[str, ...] = ("mse", "percentile")
