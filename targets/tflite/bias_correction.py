@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from targets.tflite.model_edit import EditableModel
-from targets.tflite.simulator import INT32, RELU, RELU6, WEIGHTED_KINDS, Graph, OpInfo, Run
+from targets.tflite.simulator import INT32, RELU, RELU6, WEIGHTED_KINDS, Graph, OpInfo, Run, type_bounds
 
 # Where each fused activation is linear: the shift is measured only where the float output lies there.
 LINEAR_REGION = {0: (-np.inf, np.inf), RELU: (0.0, np.inf), RELU6: (0.0, 6.0)}
@@ -37,9 +37,8 @@ def correct_biases(quantized: EditableModel, samples_nhwc: np.ndarray, float_out
         op = run.step()
         if op.index not in partners or not _correctable(quantized, op):
             continue
-        activation = getattr(op.options, "fusedActivationFunction", 0)
         shift = _mean_shift(torch.from_numpy(float_outputs[partners[op.index]]).double(), run.real(op.outputs[0]),
-                            LINEAR_REGION.get(activation, LINEAR_REGION[0]))
+                            _unclipped_region(graph, op))
         steps = np.round(shift / _bias_scales(graph, op)).astype(np.int64)
         if not steps.any():
             continue
@@ -49,6 +48,18 @@ def correct_biases(quantized: EditableModel, samples_nhwc: np.ndarray, float_out
         run.values[op.inputs[2]] = torch.from_numpy(bias.astype(np.float64))
         run.recompute(op)
     return added
+
+
+def _unclipped_region(graph: Graph, op: OpInfo) -> tuple[float, float]:
+    """Where a bias shift moves the int8 output as it moves the float one: inside the fused activation's linear
+    region and inside the int8 range of the output. A clipping range (percentile, mse) cuts the float model's
+    largest values, and counting them made the correction chase the clipping: on MobileNetV2 with percentile
+    ranges it took the cross-fitted cosine from 0.9919 to 0.9581."""
+    low, high = LINEAR_REGION.get(getattr(op.options, "fusedActivationFunction", 0), LINEAR_REGION[0])
+    info = graph.tensors[op.outputs[0]]
+    scale, zero_point = float(info.scale[0]), float(info.zero_point[0])
+    low_type, high_type = type_bounds(info)
+    return max(low, (low_type - zero_point) * scale), min(high, (high_type - zero_point) * scale)
 
 
 def add_bias_steps(quantized: EditableModel, steps: dict) -> None:

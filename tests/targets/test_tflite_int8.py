@@ -4,6 +4,7 @@ depend on the thread count."""
 from __future__ import annotations
 
 import hashlib
+import platform
 
 import numpy as np
 import pytest
@@ -55,15 +56,16 @@ def test_the_simulated_float_model_computes_what_litert_computes(digits_tflite, 
     np.testing.assert_allclose(simulated, litert, atol=1e-4 * np.abs(litert).max())
 
 
-def test_the_simulated_int8_model_follows_litert_as_closely_as_two_int8_kernels_follow_each_other(
-        digits_tflite, samples_nhwc):
-    """int8 kernels legitimately differ: LiteRT's reference and XNNPACK kernels round a few values per layer one
-    step apart, and on MobileNetV2 their outputs agree to cosine 0.9962, as closely as either agrees with float.
-    On the digits model the simulator and XNNPACK agree far better than that; 0.999 leaves room for the
-    machine, and a wrong zero point, scale or rounding fails it (one wrong zero point: cosine 0.95)."""
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="XNNPACK requantizes in float32 on x86 only; on ARM it uses fixed-point (rndnu) kernels")
+def test_the_simulated_int8_model_computes_exactly_what_litert_with_xnnpack_computes(digits_tflite, samples_nhwc):
+    """Every int8 value, not just close: LiteRT's reference kernels (without XNNPACK) and XNNPACK round a few
+    values per layer one step apart, and on MobileNetV2 such a step grows through the later layers until
+    top-1 answers change (a simulator with a float ADD read top-1 0.973 where LiteRT read 0.940). The only
+    difference allowed is the float32 rounding of LiteRT's dequantized output; a wrong rounding mode, scale or
+    zero point anywhere moves whole steps (one step of the logits here is ~1e-1)."""
     simulated, litert = _simulated(digits_tflite["int8"], samples_nhwc), _litert(digits_tflite["int8"], samples_nhwc)
-    assert cosine_per_sample(litert, simulated).mean() > 0.999
-    assert (simulated.argmax(1) == litert.argmax(1)).mean() >= 0.9
+    np.testing.assert_allclose(simulated, litert, rtol=0, atol=1e-6 * np.abs(litert).max())
 
 
 def test_rounded_weights_lie_on_the_grid_tflite_quantizes_them_to(digits_tflite, samples_nhwc):
