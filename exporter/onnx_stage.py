@@ -7,6 +7,7 @@ from core.artifact import OnnxModel
 from core.capture import output_to
 from core.contract import InputContract
 from core.errors import ConverterError, InputError
+from graph.passes.fold_batch_norm import fold_batch_norms
 
 OPSET = 17
 
@@ -18,10 +19,13 @@ def export_from_torch(module, contract: InputContract, path: Path, log_path: Pat
     try:
         with torch.no_grad(), output_to(log_path):
             # dynamo=False: the TorchScript-based exporter handles these CNNs on torch 2.13 without
-            # the extra dependencies (onnxscript) the dynamo exporter needs.
+            # the extra dependencies (onnxscript) the dynamo exporter needs. PRESERVE on a model in eval mode:
+            # inference graph, BatchNormalization left for graph/passes/fold_batch_norm.py (the same bytes on
+            # any CPU; the exporter's own folding rounds by the machine's float32 kernels).
             torch.onnx.export(
-                module, (example,), str(path), dynamo=False, opset_version=OPSET,
+                module.eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
                 input_names=["input"], output_names=["output"], do_constant_folding=True,
+                training=torch.onnx.TrainingMode.PRESERVE,
             )
     except Exception as error:
         raise ConverterError(
@@ -46,11 +50,13 @@ def check_model_runs(module, contract: InputContract) -> None:
 
 
 def simplify_and_check(path: Path, log_path: Path) -> None:
-    """onnxsim folds constants and removes export noise; the checker rejects malformed graphs."""
+    """BatchNormalization folded into convolutions in float64, then onnxsim folds constants and removes export
+    noise; the checker rejects malformed graphs."""
     import onnx
     import onnxsim
 
     model = _load_checked(path)
+    fold_batch_norms(model)
     try:
         with output_to(log_path):
             simplified, valid = onnxsim.simplify(model)
