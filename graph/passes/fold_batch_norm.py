@@ -12,6 +12,8 @@ nothing else reads; any other BatchNormalization stays as it is.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 DEFAULT_EPSILON = 1e-5  # ONNX BatchNormalization's default
@@ -27,24 +29,23 @@ def fold_batch_norms(model) -> int:
     constants.update({node.output[0]: constants[node.input[0]] for node in graph.node
                       if node.op_type == "Identity" and node.input[0] in constants})
     producers = {output: node for node in graph.node for output in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    for output in graph.output:
-        readers[output.name] = readers.get(output.name, 0) + 1
+    readers = Counter(name for node in graph.node for name in node.input)
+    readers.update(output.name for output in graph.output)
+
+    def float64(name: str) -> np.ndarray:
+        return numpy_helper.to_array(constants[name]).astype(np.float64)
+
     folded = []
     for norm in graph.node:
         conv = producers.get(norm.input[0]) if norm.op_type == "BatchNormalization" else None
         if conv is None or not _foldable(conv, norm, constants, readers):
             continue
-        values = {name: numpy_helper.to_array(constants[name]).astype(np.float64) for name in norm.input[1:5]}
-        scale, shift, mean, variance = (values[name] for name in norm.input[1:5])
+        scale, shift, mean, variance = (float64(name) for name in norm.input[1:5])
         factor = scale / np.sqrt(variance + _epsilon(norm))
-        weight = numpy_helper.to_array(constants[conv.input[1]]).astype(np.float64)
-        bias = (numpy_helper.to_array(constants[conv.input[2]]).astype(np.float64) if len(conv.input) > 2
-                and conv.input[2] else np.zeros(weight.shape[0]))
-        weight_name, bias_name = f"{conv.name or conv.output[0]}.folded_weight", f"{conv.name or conv.output[0]}.folded_bias"
+        weight = float64(conv.input[1])
+        bias = float64(conv.input[2]) if _has_bias(conv) else np.zeros(weight.shape[0])
+        prefix = conv.name or conv.output[0]
+        weight_name, bias_name = f"{prefix}.folded_weight", f"{prefix}.folded_bias"
         graph.initializer.append(numpy_helper.from_array(
             (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32), weight_name))
         graph.initializer.append(numpy_helper.from_array(((bias - mean) * factor + shift).astype(np.float32), bias_name))
@@ -58,14 +59,17 @@ def fold_batch_norms(model) -> int:
 
 
 def _foldable(conv, norm, constants, readers) -> bool:
-    if conv.op_type != "Conv" or len(conv.output) != 1 or readers.get(conv.output[0], 0) != 1:
+    if conv.op_type != "Conv" or len(conv.output) != 1 or readers[conv.output[0]] != 1:
         return False
     if any(attribute.name == "training_mode" and attribute.i for attribute in norm.attribute):
         return False
     if len(norm.output) != 1 or len(norm.input) != 5 or not all(name in constants for name in norm.input[1:5]):
         return False
-    has_bias = len(conv.input) > 2 and conv.input[2]
-    return conv.input[1] in constants and (not has_bias or conv.input[2] in constants)
+    return conv.input[1] in constants and (not _has_bias(conv) or conv.input[2] in constants)
+
+
+def _has_bias(conv) -> bool:
+    return len(conv.input) > 2 and bool(conv.input[2])
 
 
 def _epsilon(norm) -> float:

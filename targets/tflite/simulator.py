@@ -9,7 +9,7 @@ thread counts, so the same commit made different int8 files on different machine
   to a grid far coarser than that (quantize.RANGE_DIGITS), so it cannot change a byte.
 - int8 tensors hold their integer values (exact in float64). Convolutions, depthwise convolutions and fully
   connected layers accumulate `(x - zero point) * weight` exactly, whatever the summation order, then
-  requantize with one float64 multiply and TFLite's round-half-away-from-zero: bit-identical everywhere.
+  requantize as XNNPACK does on x86 (one float32 multiply, rounded half to even): bit-identical everywhere.
   ADD is XNNPACK's integer arithmetic (its multipliers, rounding bias and shift). Other int8 ops (MEAN,
   pooling, activations) are computed on the dequantized values and quantized again, which is LiteRT's
   integer arithmetic up to its fixed-point rounding. On the default MobileNetV2 int8 model, every tensor of
@@ -161,10 +161,15 @@ class Run:
     def finished(self) -> bool:
         return self.next_op >= len(self.graph.ops)
 
+    def stored(self, index: int):
+        """A tensor's value as stored (integers for int8): computed by this run, or the model's constant (a hook
+        may have replaced it in `values`)."""
+        return self.values[index] if index in self.values else _constant(self.graph.tensors[index])
+
     def real(self, index: int):
         """A tensor's real value: dequantized when it is an int8 tensor."""
         info = self.graph.tensors[index]
-        value = self.values[index] if index in self.values else _constant(info)
+        value = self.stored(index)
         if info.quantized and info.type != INT32:
             return (value - _broadcast(info.zero_point, info, value)) * _broadcast(info.scale, info, value)
         return value
@@ -330,7 +335,7 @@ def _conv(run: Run, op: OpInfo, depthwise: bool):
     graph = run.graph
     x_info, w_info, y_info = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]], graph.tensors[op.outputs[0]]
     bias_index = op.inputs[2] if len(op.inputs) > 2 else -1
-    weights = run.values[op.inputs[1]] if op.inputs[1] in run.values else _constant(w_info)
+    weights = run.stored(op.inputs[1])
     stride = (_option(op, "strideH", 1), _option(op, "strideW", 1))
     dilation = (_option(op, "dilationHFactor", 1), _option(op, "dilationWFactor", 1))
     quantized = x_info.quantized and w_info.quantized
@@ -386,7 +391,7 @@ def _fully_connected(run: Run, op: OpInfo):
     graph = run.graph
     x_info, w_info, y_info = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]], graph.tensors[op.outputs[0]]
     bias_index = op.inputs[2] if len(op.inputs) > 2 else -1
-    weights = _constant(w_info) if op.inputs[1] not in run.values else run.values[op.inputs[1]]
+    weights = run.stored(op.inputs[1])
     quantized = x_info.quantized and w_info.quantized
     if quantized:
         x = run.values[op.inputs[0]] - float(x_info.zero_point[0])
@@ -408,7 +413,7 @@ def _finish_weighted(run, op, accumulated, quantized, x_info, w_info, y_info, bi
     activation = _option(op, "fusedActivationFunction", 0)
     bias = None
     if bias_index >= 0:
-        bias = run.values[bias_index] if bias_index in run.values else _constant(run.graph.tensors[bias_index])
+        bias = run.stored(bias_index)
     if not quantized:
         bias_info = run.graph.tensors[bias_index] if bias_index >= 0 else None
         if bias is not None and bias_info.type == INT32 and bias_info.scale is not None:  # an int8 op's bias
@@ -453,6 +458,9 @@ def _elementwise(function):
     return handler
 
 
+_real_add = _elementwise(lambda a, b: a + b)
+
+
 def _add(run: Run, op: OpInfo):
     """ADD; all-int8, as XNNPACK computes it (LiteRT's default on CPUs): each input times an integer multiplier
     of 20 significant bits, summed with a rounding bias, shifted right. Computed on dequantized values instead,
@@ -463,10 +471,10 @@ def _add(run: Run, op: OpInfo):
     graph = run.graph
     a_info, b_info, y_info = (graph.tensors[index] for index in (*op.inputs[:2], op.outputs[0]))
     if not (a_info.quantized and b_info.quantized and y_info.quantized):
-        return _elementwise(lambda a, b: a + b)(run, op)
+        return _real_add(run, op)
     (a_multiplier, b_multiplier), shift = _add_multipliers(a_info, b_info, y_info)
     bias = (1 << (shift - 1)) - a_multiplier * int(a_info.zero_point[0]) - b_multiplier * int(b_info.zero_point[0])
-    a, b = (run.values[index] if index in run.values else _constant(graph.tensors[index]) for index in op.inputs[:2])
+    a, b = (run.stored(index) for index in op.inputs[:2])
     accumulated = a.to(torch.int64) * a_multiplier + b.to(torch.int64) * b_multiplier + bias
     result = torch.div(accumulated, 1 << shift, rounding_mode="floor").double().add_(float(y_info.zero_point[0]))
     return result.clamp_(*quantized_activation_bounds(y_info, _option(op, "fusedActivationFunction", 0)))

@@ -135,10 +135,9 @@ def few_photos(photos: Path, tmp_path: Path) -> Path:
 
 
 # What changes how floats are summed without changing what is asked: thread counts (the int8 recipe's, BLAS's,
-# OpenMP's). The session export ran with the defaults. Not MKL's AVX2 code path yet: PyTorch's ONNX export
-# folds BatchNormalization with the CPU's vector kernels, one bit apart between AVX2 and AVX-512 (issue 18).
-# One thread everywhere, and MKL held to AVX2 as on an older CPU: before BatchNorm was folded in float64
-# (graph/passes/fold_batch_norm.py) the AVX2 path alone changed every artifact but the ncnn .param.
+# OpenMP's; the session export ran with the defaults, this one with one thread) and MKL held to AVX2 as on an
+# older CPU. With PyTorch's own BatchNorm folding instead of graph/passes/fold_batch_norm.py, the AVX2 path
+# changed the int8 TFLite's sha256 here (checked by putting the exporter's folding back).
 ANOTHER_MACHINE = {"MOBILE_EXPORT_INT8_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                    "OPENBLAS_NUM_THREADS": "1", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
