@@ -131,23 +131,27 @@ def _fit_all_weights(components: np.ndarray, measured: np.ndarray, observed: np.
     exactly by trying every subset of active unknowns (7 for rank 3) on the normal equations of all rows together
     (a loop of per-row solver calls dominated the refits the validation makes)."""
     inverse = np.where(observed, 1.0 / measured, 0.0)
-    gram = np.einsum("nr,cn,nq->crq", components, inverse ** 2, components)
-    target = inverse @ components
     rank = components.shape[1]
+    # One matrix product over the outer products of the components (a three-operand einsum loops naively).
+    outer = (components[:, :, None] * components[:, None, :]).reshape(len(components), rank * rank)
+    gram = ((inverse ** 2) @ outer).reshape(len(inverse), rank, rank)
+    target = inverse @ components
     scale = np.sqrt(np.clip(np.einsum("crr->cr", gram), 1e-300, None))
     gram = gram / (scale[:, :, None] * scale[:, None, :])
     target = target / scale
-    best = np.zeros_like(target)
-    best_objective = np.zeros(len(target))  # w = 0 is always feasible, with objective 0
-    for subset in range(1, 2 ** rank):
-        active = np.array([(subset >> bit) & 1 for bit in range(rank)], dtype=bool)
-        inner = gram[:, active][:, :, active] + 1e-12 * np.eye(active.sum())
-        solution = np.zeros_like(target)
-        solution[:, active] = np.linalg.solve(inner, target[:, active][:, :, None])[:, :, 0]
-        feasible = (solution >= 0).all(axis=1)
-        objective = np.einsum("cr,crq,cq->c", solution, gram, solution) - 2 * (target * solution).sum(axis=1)
-        better = feasible & (objective < best_objective)
-        best[better], best_objective[better] = solution[better], objective[better]
+    # Every subset's system at once: unknowns outside the subset get an identity row and a zero target.
+    active = np.array([[(subset >> bit) & 1 for bit in range(rank)] for subset in range(1, 2 ** rank)], dtype=bool)
+    both = active[:, None, :, None] & active[:, None, None, :]
+    inactive_diagonal = np.eye(rank) * ~active[:, None, :, None]
+    systems = np.where(both, gram[None], 0.0) + 1e-12 * np.eye(rank) * active[:, None, :, None] + inactive_diagonal
+    solutions = np.linalg.solve(systems, np.where(active[:, None, :], target[None], 0.0)[..., None])[..., 0]
+    objectives = ((gram[None] @ solutions[..., None])[..., 0] * solutions).sum(axis=-1) \
+        - 2 * (target[None] * solutions).sum(axis=-1)
+    objectives = np.where((solutions >= 0).all(axis=-1), objectives, np.inf)
+    # w = 0 is always feasible, with objective 0; the first subset reaching the lowest objective wins.
+    candidates = np.concatenate([np.zeros_like(target)[None], solutions])
+    lowest = np.argmin(np.concatenate([np.zeros((1, len(target))), objectives]), axis=0)
+    best = candidates[lowest, np.arange(len(target))]
     return best / scale
 
 
@@ -156,7 +160,9 @@ def _fit_rows(gram_per_row: np.ndarray, target_per_row: np.ndarray, weights: np.
     normal equations are sums over configurations of (weights weights^T) (x) (that configuration's normal
     equations), so thousands of measurements cost no more than a few dozen unknowns."""
     rank, size = weights.shape[1], gram_per_row.shape[1]
-    gram = np.einsum("cr,cq,ckl->rkql", weights, weights, gram_per_row).reshape(rank * size, rank * size)
+    pair_weights = (weights[:, :, None] * weights[:, None, :]).reshape(len(weights), rank * rank)
+    summed = (pair_weights.T @ gram_per_row.reshape(len(weights), size * size)).reshape(rank, rank, size, size)
+    gram = summed.transpose(0, 2, 1, 3).reshape(rank * size, rank * size)
     target = np.einsum("cr,ck->rk", weights, target_per_row).reshape(rank * size)
     return _nnls_normal_equations(gram, target).reshape(rank, size)
 

@@ -62,27 +62,17 @@ def by_name(manifest: dict) -> dict[str, dict]:
     return {Path(a["path"]).name: a for a in manifest["artifacts"]}
 
 
-# ---- an android export, then an ios export into the same folder ----------------------------------------------
+# ---- the session's ios export, made into a copy of its android export (tests/conftest.py) ---------------
 
 
-@pytest.fixture(scope="module")
-def android_then_ios(digits_android_export, user_package, digit_photo_folder, tmp_path_factory):
-    """A copy of the session's android export, then `--target ios` into it: (CompletedProcess, folder)."""
-    tmp_path = tmp_path_factory.mktemp("android_then_ios")
-    model_dir = copied(digits_android_export, tmp_path)
-    result = run_cli([*MODEL, "--calib", str(digit_photo_folder), "--labels", str(digit_labels(tmp_path)),
-                      "--target", "ios", "--out", str(model_dir.parent)], cwd=user_package)
-    return result, model_dir
-
-
-def test_ios_after_android_lists_every_artifact_with_its_parity_and_reuse_key(android_then_ios,
+def test_ios_after_android_lists_every_artifact_with_its_parity_and_reuse_key(ios_export,
                                                                              digits_android_export):
-    result, model_dir = android_then_ios
+    result, model_dir = ios_export
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert [(a["runtime"], a["precision"]) for a in manifest["artifacts"]] == [
         ("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("ncnn", "fp32"),
-        ("ncnn", "fp16"), ("coreml", "fp32"), ("coreml", "fp16"), ("coreml", "int8")]
+        ("ncnn", "fp16"), ("coreml", "fp32"), ("coreml", "fp16"), ("coreml", "int8"), ("coreml", "palette6")]
     assert manifest["gates_passed"] is True and manifest["failed_targets"] == []
     android = by_name(json.loads((digits_android_export / "manifest.json").read_text()))
     for name, artifact in by_name(manifest).items():
@@ -97,8 +87,8 @@ def test_ios_after_android_lists_every_artifact_with_its_parity_and_reuse_key(an
     assert artifact_files(model_dir) == listed_files(model_dir, manifest)
 
 
-def test_ios_after_android_says_which_artifacts_it_kept_and_that_it_measured_them_again(android_then_ios):
-    result, _ = android_then_ios
+def test_ios_after_android_says_which_artifacts_it_kept_and_that_it_measured_them_again(ios_export):
+    result, _ = ios_export
     assert ("kept: my_mod_fp32.tflite, my_mod_fp16.tflite, my_mod_int8.tflite, my_mod_fp32.ncnn.param, "
             "my_mod_fp16.ncnn.param from an earlier export") in result.stdout
     assert "their parity was measured again by this export" in result.stdout
@@ -106,8 +96,8 @@ def test_ios_after_android_says_which_artifacts_it_kept_and_that_it_measured_the
     assert len(kept_rows) == 5 and not any("mlpackage" in row for row in kept_rows)
 
 
-def test_ios_after_android_bundles_and_reports_every_artifact(android_then_ios):
-    _, model_dir = android_then_ios
+def test_ios_after_android_bundles_and_reports_every_artifact(ios_export):
+    _, model_dir = ios_export
     manifest = json.loads((model_dir / "manifest.json").read_text())
     with zipfile.ZipFile(model_dir / "bundle.zip") as bundle:
         names = set(bundle.namelist())

@@ -11,15 +11,10 @@ from tests.helpers import DIGITS_CONTRACT, run_cli
 
 
 @pytest.fixture(scope="module")
-def android_export(user_package, digit_photo_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("android_out")
-    before = sorted(p.name for p in user_package.iterdir())
-    result = run_cli(
-        ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT, "--calib", str(digit_photo_folder),
-         "--target", "android", "--out", str(out)],
-        cwd=user_package,
-    )
-    return result, out / "my_mod", before, user_package
+def android_export(digits_android_run, user_package):
+    """The session's android export: (CompletedProcess, OUT/my_mod, the working folder's names before, that folder)."""
+    run = digits_android_run
+    return run.result, run.model_dir, run.working_folder_before, user_package
 
 
 def test_android_export_exits_0_with_every_artifact(android_export):
