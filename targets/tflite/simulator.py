@@ -8,7 +8,8 @@ thread counts, so the same commit made different int8 files on different machine
   convolution runs on (about 1e-16 relative); everything the recipe writes into a file from them is rounded
   to a grid far coarser than that (quantize.RANGE_DIGITS), so it cannot change a byte.
 - int8 tensors hold their integer values (exact in float64). Convolutions, depthwise convolutions and fully
-  connected layers accumulate `(x - zero point) * weight` exactly, whatever the summation order, then
+  connected layers accumulate `(x - zero point) * weight` exactly, whatever the summation order (in float32
+  where no partial sum can reach 2**24, which float32 holds exactly, in float64 elsewhere), then
   requantize as XNNPACK does on x86 (one float32 multiply, rounded half to even): bit-identical everywhere.
   ADD is XNNPACK's integer arithmetic (its multipliers, rounding bias and shift). Other int8 ops (MEAN,
   pooling, activations) are computed on the dequantized values and quantized again, which is LiteRT's
@@ -268,7 +269,7 @@ def _from_real(info: TensorInfo, real):
         shape = [1] * real.dim()
         shape[info.quantized_dimension] = len(info.scale)
         inverse = inverse.reshape(shape)
-    scaled = torch.round((real.float() * inverse).double())
+    scaled = torch.round(real.float() * inverse).double()
     return scaled.add_(_broadcast(info.zero_point, info, real)).clamp_(low, high)
 
 
@@ -341,6 +342,7 @@ def _conv(run: Run, op: OpInfo, depthwise: bool):
     quantized = x_info.quantized and w_info.quantized
     if quantized:
         x = run.values[op.inputs[0]] - float(x_info.zero_point[0])  # zero-point padding = 0 after the shift
+        x, weights = integer_operands(x, weights, x_info, depthwise)
     else:
         x = run.real(op.inputs[0])
         if w_info.quantized:  # a float op with int8 weights (float fallback): real weights
@@ -357,6 +359,24 @@ def _conv(run: Run, op: OpInfo, depthwise: bool):
     else:
         accumulated = _taps(x, weights, stride, dilation, depthwise)
     return _finished(run, op, accumulated, quantized, x_info, w_info, y_info, bias_index)
+
+
+# Integers below 2**24 are exact in float32, so a float32 sum of integer products is exact in any order as long as
+# no partial sum reaches it; the int8 accumulations then run in float32, in half the time of float64.
+FLOAT32_EXACT_INTEGERS = 2 ** 24
+
+
+def integer_operands(x, weights, x_info: TensorInfo, depthwise: bool):
+    """The zero-point-shifted int8 input and the integer weights in float32 when no partial sum can reach 2**24
+    (bounded by the largest |input| times the largest sum of |weights| one output adds up), else as they are."""
+    low, high = type_bounds(x_info)
+    zero_point = float(x_info.zero_point[0])
+    largest_input = max(abs(low - zero_point), abs(high - zero_point))
+    magnitudes = weights.abs()
+    per_output = magnitudes.sum(dim=(0, 1, 2)) if depthwise else magnitudes.reshape(len(magnitudes), -1).sum(dim=1)
+    if float(per_output.max()) * largest_input < FLOAT32_EXACT_INTEGERS:
+        return x.float(), weights.float()
+    return x, weights
 
 
 def _finished(run, op, accumulated, quantized, x_info, w_info, y_info, bias_index):
@@ -395,6 +415,7 @@ def _fully_connected(run: Run, op: OpInfo):
     quantized = x_info.quantized and w_info.quantized
     if quantized:
         x = run.values[op.inputs[0]] - float(x_info.zero_point[0])
+        x, weights = integer_operands(x, weights, x_info, depthwise=False)
     else:
         x = run.real(op.inputs[0])
         if w_info.quantized:
@@ -423,14 +444,27 @@ def _finish_weighted(run, op, accumulated, quantized, x_info, w_info, y_info, bi
     # int8, as XNNPACK requantizes: the exact integer accumulator plus the int32 bias, converted to float32,
     # times the channel's float32 scale (input scale x weight scale / output scale), rounded half to even.
     if bias is not None:
-        accumulated = accumulated + bias
+        accumulated = exact_integer_sum(accumulated, bias)
     if not y_info.quantized:  # an int8 op writing a float tensor (a tensor kept in float): dequantize
         real = accumulated * torch.from_numpy(float(x_info.scale[0]) * w_info.scale)
         return _output(run, op, real, activation)
     scales = requantization_scales(x_info, w_info, y_info)
-    quantized_out = torch.round((accumulated.float() * scales).double()).add_(float(y_info.zero_point[0]))
     q_low, q_high = quantized_activation_bounds(y_info, activation)
-    return quantized_out.clamp_(q_low, q_high)
+    # In float32: a rounded value too large for the zero point to add exactly is clamped anyway.
+    quantized_out = torch.round(accumulated.float() * scales).add_(float(y_info.zero_point[0]))
+    return quantized_out.clamp_(q_low, q_high).double()
+
+
+def exact_integer_sum(accumulated, bias):
+    """The integer accumulator plus the int32 bias, exactly: in float32 when both and so their sum stay below
+    2**24, in float64 otherwise."""
+    import torch
+
+    if accumulated.dtype == torch.float32:
+        low, high = torch.aminmax(accumulated)
+        if max(-float(low), float(high)) + float(bias.abs().max()) < FLOAT32_EXACT_INTEGERS:
+            return accumulated + bias.float()
+    return accumulated.double() + bias
 
 
 def requantization_scales(x_info: TensorInfo, w_info: TensorInfo, y_info: TensorInfo):
