@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from core.contract import InputContract
+from core.errors import ConverterError
 from core.parity import ParityThresholds
 
 # Parity, calibration and explain runs are about numbers, not speed: one thread. Runtimes' worker threads
@@ -18,14 +19,34 @@ VALIDATION_THREADS = 1
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of the model's interface, its shape as the ONNX model has it (NCHW for images)."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class OnnxModel:
     """The simplified, checked ONNX file every target converts from."""
 
     path: Path
     input_name: str
-    output_name: str
     input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
+    outputs: tuple[TensorSpec, ...]  # in the model's order; every artifact's outputs are read back in it
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(output.name for output in self.outputs)
+
+    @property
+    def single_output(self) -> TensorSpec | None:
+        """The output of a one-output model (what classifier-only features such as Core ML's class labels
+        need), None when the model has several."""
+        return self.outputs[0] if len(self.outputs) == 1 else None
+
+    def outputs_to_manifest(self) -> list[dict]:
+        return [{"name": output.name, "shape": list(output.shape)} for output in self.outputs]
 
 
 @dataclass(frozen=True)
@@ -71,18 +92,58 @@ class Artifact:
         )
 
 
+# A model's outputs for a batch: {output name: N x ... float32}, in the model's output order.
+Outputs = dict[str, np.ndarray]
+
+
 class Runner(Protocol):
-    """A loaded artifact. Layout and quantization are the runner's business, not the caller's."""
+    """A loaded artifact. Layout, quantization and output order are the runner's business, not the caller's.
+
+    A runtime starts with `run`, which is all a one-output model needs; runners that read several outputs also
+    have `run_outputs` (OutputsRunner gives `run` from it). Callers go through outputs_of()."""
 
     def run(self, batch_nchw: np.ndarray) -> np.ndarray:
-        """N x C x H x W float32 (preprocessed) -> N x ... float32 model outputs."""
+        """N x C x H x W float32 (preprocessed) -> N x ... float32: the output of a one-output model (ValueError
+        when the model has several)."""
         ...
 
 
-def run_in_chunks(run_fixed_batch, batch_nchw: np.ndarray, model_batch: int) -> np.ndarray:
-    """Feed a model with a fixed batch size `model_batch` any number of samples (N must divide evenly)."""
+class OutputsRunner:
+    """`run` for runners that implement `run_outputs`."""
+
+    def run_outputs(self, batch_nchw: np.ndarray) -> Outputs:
+        """N x C x H x W float32 (preprocessed) -> every output, by the ONNX model's names, in its order."""
+        raise NotImplementedError
+
+    def run(self, batch_nchw: np.ndarray) -> np.ndarray:
+        return only_output(self.run_outputs(batch_nchw))
+
+
+def outputs_of(runner: Runner, batch_nchw: np.ndarray, output_names: tuple[str, ...]) -> Outputs:
+    """Every output of the runner's artifact by name: run_outputs where the runner has it, else its one `run`."""
+    if hasattr(runner, "run_outputs"):
+        return runner.run_outputs(batch_nchw)
+    if len(output_names) != 1:
+        raise ConverterError(f"this runtime's runner reads one output and the model has {len(output_names)} "
+                             f"({', '.join(output_names)})",
+                             hint="export the model to another --target, or give the runner run_outputs()")
+    return {output_names[0]: runner.run(batch_nchw)}
+
+
+def only_output(outputs: Outputs) -> np.ndarray:
+    if len(outputs) != 1:
+        raise ValueError(f"the model has {len(outputs)} outputs ({', '.join(outputs)}); read them by name")
+    return next(iter(outputs.values()))
+
+
+def run_in_chunks(run_fixed_batch, batch_nchw: np.ndarray, model_batch: int):
+    """Feed a model with a fixed batch size `model_batch` any number of samples (N must divide evenly).
+    run_fixed_batch returns one array or Outputs; so does this, with the chunks joined along the batch axis."""
     batch_nchw = np.ascontiguousarray(batch_nchw, dtype=np.float32)
     if len(batch_nchw) % model_batch:
         raise ValueError(f"{len(batch_nchw)} samples do not split into batches of {model_batch}")
-    outputs = [run_fixed_batch(batch_nchw[i : i + model_batch]) for i in range(0, len(batch_nchw), model_batch)]
-    return np.concatenate(outputs, axis=0).astype(np.float32)
+    chunks = [run_fixed_batch(batch_nchw[i : i + model_batch]) for i in range(0, len(batch_nchw), model_batch)]
+    if isinstance(chunks[0], dict):
+        return {name: np.concatenate([chunk[name] for chunk in chunks], axis=0).astype(np.float32)
+                for name in chunks[0]}
+    return np.concatenate(chunks, axis=0).astype(np.float32)

@@ -42,12 +42,16 @@ class ParityResult:
     # The 95 % interval of top-1 agreement: 48 of 50 crops agreeing reads 0.960 and means anything from
     # 0.865 to 0.989, which is what a release gate on it should be read against.
     top1_interval: tuple[float, float] | None = None
+    # A model with several outputs: each output's own parity, in the model's order. The figures above are then
+    # the worst output's (lowest cosine, largest error) and the failures name their output.
+    per_output: tuple[tuple[str, "ParityResult"], ...] = ()
 
     def to_manifest(self) -> dict:
         record = asdict(self)
         record["thresholds"] = asdict(self.thresholds)
         record["failures"] = list(self.failures)
         record["top1_changes"] = [asdict(change) for change in self.top1_changes]
+        record["per_output"] = {name: result.to_manifest() for name, result in self.per_output}
         return record
 
 
@@ -57,6 +61,42 @@ class Top1Change:
     reference_class: int
     artifact_class: int
     reference_lead: float  # reference score of its class minus its score of the artifact's class, >= 0
+
+
+def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                    thresholds: ParityThresholds) -> ParityResult:
+    """Compare every output of the reference with the candidate's output of the same name. One output: exactly
+    compare(); several: each compared alone (a box head in pixels must not drown a score head in 0..1) and the
+    result passes only when every output passes."""
+    if len(reference) == 1 and len(candidate) == 1:  # whatever each calls it (artifacts of older exports)
+        return compare(next(iter(reference.values())), next(iter(candidate.values())), thresholds)
+    missing = [name for name in reference if name not in candidate]
+    if missing:
+        return _missing_outputs(reference, candidate, missing, thresholds)
+    results = tuple((name, compare(values, candidate[name], thresholds)) for name, values in reference.items())
+    worst = min((result for _, result in results), key=lambda result: np.nan_to_num(result.cosine, nan=-2.0))
+    return ParityResult(
+        samples=worst.samples,
+        max_abs=max(result.max_abs for _, result in results),
+        mean_abs=max(result.mean_abs for _, result in results),
+        cosine=worst.cosine,
+        cosine_min=min(result.cosine_min for _, result in results),
+        top1_agreement=None,
+        top5_overlap=None,
+        thresholds=thresholds,
+        passed=all(result.passed for _, result in results),
+        failures=tuple(f"{name}: {failure}" for name, result in results for failure in result.failures),
+        per_output=results,
+    )
+
+
+def _missing_outputs(reference: dict, candidate: dict, missing: list[str], thresholds: ParityThresholds) -> ParityResult:
+    nan = float("nan")
+    return ParityResult(
+        samples=len(next(iter(reference.values()))), max_abs=nan, mean_abs=nan, cosine=nan, cosine_min=nan,
+        top1_agreement=None, top5_overlap=None, thresholds=thresholds, passed=False,
+        failures=(f"outputs {', '.join(missing)} missing; the artifact gives {', '.join(candidate) or 'none'}",),
+    )
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThresholds) -> ParityResult:
@@ -79,6 +119,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
         failures.append("outputs contain NaN or Inf")
     if not cosines.mean() >= thresholds.cosine:
         failures.append(f"cosine {cosines.mean():.6f} < {thresholds.cosine}")
+    failures += _record_field_failures(reference, candidate, thresholds)
     if thresholds.top1_agreement is not None and top1 is not None and top1 < thresholds.top1_agreement:
         # The count, because near the gate three decimals round a failure up to it ("0.950 < 0.95").
         failures.append(f"top-1 agreement {top1:.4f} ({agreeing} of {samples} samples) < {thresholds.top1_agreement}")
@@ -96,6 +137,44 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
         top1_changes=changes,
         top1_interval=wilson_interval(agreeing, samples) if class_scores else None,
     )
+
+
+# A detector's N x anchors x fields output (4 box coordinates, then scores) is judged field by field too: boxes in
+# pixels and scores in 0..1 in one tensor share one int8 scale, which can round every score to 0 while the
+# tensor's cosine, carried by the boxes, still reads 0.999.
+MAX_RECORD_FIELDS = 128
+
+
+def _record_field_failures(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThresholds) -> list[str]:
+    if reference.ndim != 3 or not 2 <= reference.shape[-1] <= MAX_RECORD_FIELDS:
+        return []
+    fields = reference.shape[-1]
+    ref = reference.reshape(-1, fields).T.astype(np.float64)
+    cand = candidate.reshape(-1, fields).T.astype(np.float64)
+    # Centred: scores near 0.5 rounded to one value keep a cosine near 1 and lose every ranking.
+    correlations = cosine_per_sample(ref - ref.mean(axis=1, keepdims=True), cand - cand.mean(axis=1, keepdims=True))
+    spread = ref.std(axis=1)
+    bad = [field for field in range(fields) if not correlations[field] >= thresholds.cosine]
+    if not bad:
+        return []
+    worst = min(bad, key=lambda field: correlations[field])
+    return [f"field {worst} of {fields} along the last axis correlates {correlations[worst]:.4f} with the reference "
+            f"({len(bad)} field(s) below {thresholds.cosine}); it spreads {spread[worst]:.3g} and the widest field "
+            f"{spread.max():.3g}: values of very different ranges share one tensor (and one int8 scale) — return "
+            "them as separate outputs (a tuple or dict, e.g. boxes and scores) so each keeps its own"]
+
+
+def mixed_range_fields(output: np.ndarray) -> tuple[int, float, float] | None:
+    """For an N x anchors x fields output whose narrowest field spreads less than one int8 step of its widest
+    (1/255 of its range): (that field, its spread, the widest spread); else None. Seen before quantizing."""
+    if output.ndim != 3 or not 2 <= output.shape[-1] <= MAX_RECORD_FIELDS:
+        return None
+    fields = output.reshape(-1, output.shape[-1]).astype(np.float64)
+    spread = fields.std(axis=0)
+    narrowest = int(np.argmin(np.where(spread > 0, spread, np.inf)))
+    if not np.isfinite(spread[narrowest]) or spread[narrowest] * 255 >= np.ptp(fields, axis=0).max():
+        return None
+    return narrowest, float(spread[narrowest]), float(spread.max())
 
 
 WILSON_Z = 1.96  # 95 %

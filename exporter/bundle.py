@@ -51,7 +51,8 @@ def write_bundle(model_dir: Path) -> Path:
 def contract_json(manifest: ExportManifest) -> dict:
     return {
         **manifest.input,
-        "output": manifest.output,
+        "output": manifest.output,  # the first output; "outputs" lists every one, in the model's order
+        "outputs": manifest.raw.get("outputs") or [manifest.output],
         "channel_order": list(manifest.snippet_contract().channel_order),
         "resize": "resize the short side to size / 0.875, then take the center crop (how the photos were checked)",
         "per_artifact": {artifact.name: _artifact_io(artifact) for artifact in manifest.artifacts},
@@ -59,7 +60,8 @@ def contract_json(manifest: ExportManifest) -> dict:
 
 
 def _artifact_io(artifact: ManifestArtifact) -> dict:
-    keys = ("layout", "input", "output", "input_blob", "output_blob", "output_name", "input_name")
+    keys = ("layout", "input", "output", "outputs", "input_blob", "output_blob", "output_blobs", "output_name",
+            "input_name")
     return {"runtime": artifact.runtime, "precision": artifact.precision,
             **{key: artifact.details[key] for key in keys if key in artifact.details}}
 

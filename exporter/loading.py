@@ -86,7 +86,9 @@ def _child_main(request_path: Path) -> None:
     artifact = Artifact(path=Path(request["path"]), runtime=request["runtime"], precision=request["precision"],
                         companions=tuple(Path(p) for p in request["companions"]), details=request["details"])
     try:
-        open_runner(artifact).run(np.zeros(request["input_shape"], dtype=np.float32))
+        runner = open_runner(artifact)
+        (runner.run_outputs if hasattr(runner, "run_outputs") else runner.run)(
+            np.zeros(request["input_shape"], dtype=np.float32))
     except MobileExportError as error:
         report = {"exit_code": error.exit_code, "message": error.message, "hint": error.hint}
         (request_path.parent / REPORT_NAME).write_text(json.dumps(report))

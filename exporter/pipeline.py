@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Runner, run_in_chunks
+from core.artifact import (VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Outputs, Runner, outputs_of,
+                           run_in_chunks)
 from core.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
 from core.manifest import (MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, ConversionRecord, ManifestArtifact,
                            conversion_of, write_json_atomically)
-from core.parity import ParityResult, compare
+from core.parity import ParityResult, compare_outputs, mixed_range_fields
 from exporter import onnx_stage
 from exporter.bundle import write_report_and_bundle
 from exporter.cache import conversion_key, conversion_options, made_from, reusable_artifacts, with_conversion_record
@@ -88,6 +89,7 @@ class ExportRun:
     model_dir: Path
     staging: Path  # private to this run, removed at its end; artifacts are built here
     clock: StageClock
+    output_names: tuple[str, ...] | None  # a PyTorch model's, as check_model_runs named them; None for ONNX files
 
     def log_path(self, stage: str) -> Path:
         return self.model_dir / LOGS_FOLDER / f"{stage}.log"
@@ -98,8 +100,8 @@ def run_export(spec: ExportSpec, clock: StageClock, keep_going: bool = False) ->
         loaded = load_model(spec.model, spec.weights, spec.trust_pickle)
         if loaded.weights and loaded.weights != spec.weights:
             clock.note(f"weights: {loaded.weights} (the zoo's default; --weights loads your own)")
-        if loaded.module is not None:
-            onnx_stage.check_model_runs(loaded.module, spec.contract)
+        output_names = (onnx_stage.check_model_runs(loaded.module, spec.contract) if loaded.module is not None
+                        else None)
         labels = _labels(spec, loaded)
     with clock.stage("prepare calibration and validation images"):
         datasets = build_datasets(
@@ -115,7 +117,7 @@ def run_export(spec: ExportSpec, clock: StageClock, keep_going: bool = False) ->
     model_dir = prepare_model_dir(spec.out, loaded.name)
     try:
         with exclusive_staging(model_dir) as staging:
-            run = ExportRun(spec, loaded, labels, datasets, model_dir, staging, clock)
+            run = ExportRun(spec, loaded, labels, datasets, model_dir, staging, clock, output_names)
             return _export_into(run, keep_going)
     except Exception as error:
         if disk_full_cause(error) is not None:  # converters wrap it: look behind their errors
@@ -126,6 +128,7 @@ def run_export(spec: ExportSpec, clock: StageClock, keep_going: bool = False) ->
 def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
     onnx_model, reference, reference_name = _onnx_stage(run)
     _check_labels(run.labels, reference)
+    _note_mixed_ranges(run, reference)
     job = _conversion_job(run, onnx_model)
     inputs = made_from(job)  # the ONNX file is fingerprinted before publishing moves it
     earlier = survey(run.model_dir, inputs, (interchange_target().name, *run.spec.target_names))
@@ -146,7 +149,7 @@ def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
                         earlier.failures, removed)
 
 
-def _measure_all(run: ExportRun, job: ConversionJob, reference: np.ndarray, earlier: EarlierExport,
+def _measure_all(run: ExportRun, job: ConversionJob, reference: Outputs, earlier: EarlierExport,
                  keep_going: bool) -> tuple[list[tuple[Artifact, ParityResult, str]], list[TargetFailure]]:
     """(artifact, parity, platform) for the ONNX model, each target asked for and each kept one, in the
     registry's order; and the targets that failed while keep_going let the others finish."""
@@ -193,7 +196,7 @@ def _attempt(run: ExportRun, target_name: str, keep_going: bool, failures: list[
         return []
 
 
-def _convert_and_measure(run: ExportRun, target_name: str, job: ConversionJob, reference: np.ndarray) -> list:
+def _convert_and_measure(run: ExportRun, target_name: str, job: ConversionJob, reference: Outputs) -> list:
     """(artifact, parity, platform) for each artifact of one target."""
     workdir = run.staging / target_name
     workdir.mkdir()
@@ -203,13 +206,13 @@ def _convert_and_measure(run: ExportRun, target_name: str, job: ConversionJob, r
     return _measure_each(run, artifacts, run.spec.platform_of(target_name), reference, target_name)
 
 
-def _measure_kept(run: ExportRun, entries: tuple[ManifestArtifact, ...], reference: np.ndarray) -> list:
+def _measure_kept(run: ExportRun, entries: tuple[ManifestArtifact, ...], reference: Outputs) -> list:
     """Parity of another target's artifacts, in place, against this export's reference and thresholds."""
     artifacts = [kept_artifact(entry, run.model_dir) for entry in entries]
     return _measure_each(run, artifacts, entries[0].platform, reference, entries[0].runtime)
 
 
-def _measure_each(run: ExportRun, artifacts: list[Artifact], platform: str, reference: np.ndarray,
+def _measure_each(run: ExportRun, artifacts: list[Artifact], platform: str, reference: Outputs,
                   log_name: str) -> list:
     measured = []
     for artifact in artifacts:
@@ -251,7 +254,7 @@ def _onnx_stage(run: ExportRun):
     onnx_path = run.staging / ONNX_WORK_NAME
     if loaded.module is not None:
         with run.clock.stage("export ONNX"):
-            onnx_stage.export_from_torch(loaded.module, spec.contract, onnx_path, log_path)
+            onnx_stage.export_from_torch(loaded.module, spec.contract, onnx_path, log_path, run.output_names)
     else:
         # The user's file is the reference. It is checked and run in a child process before onnxsim runs
         # it in this one: a hostile or damaged graph must not be able to crash the export.
@@ -261,7 +264,7 @@ def _onnx_stage(run: ExportRun):
             source_artifact = interchange.interchange_artifact(onnx_stage.describe(source, spec.contract))
             source_runner = _open(source_artifact, run, interchange.name)
         with run.clock.stage("reference outputs"):
-            reference = source_runner.run(run.datasets.validation)
+            reference = source_runner.run_outputs(run.datasets.validation)
             reference_name = "onnxruntime on the source ONNX file"
         shutil.copyfile(source, onnx_path)
     with run.clock.stage("simplify and check ONNX"):
@@ -269,7 +272,8 @@ def _onnx_stage(run: ExportRun):
         onnx_model = onnx_stage.describe(onnx_path, spec.contract)
     if loaded.module is not None:
         with run.clock.stage("reference outputs"):
-            reference = _torch_outputs(loaded.module, run.datasets.validation, spec.contract.input_shape[0])
+            reference = _torch_outputs(loaded.module, run.datasets.validation, spec.contract.input_shape[0],
+                                       onnx_model.output_names)
             reference_name = "pytorch"
     return onnx_model, reference, reference_name
 
@@ -282,12 +286,16 @@ def _open(artifact: Artifact, run: ExportRun, stage: str) -> Runner:
     return open_checked(artifact, run.spec.contract.input_shape, log_path=run.log_path(stage))
 
 
-def _torch_outputs(module, samples: np.ndarray, model_batch: int) -> np.ndarray:
-    """Run at the contract's batch size: traced and exported programs may be specialized to it."""
+def _torch_outputs(module, samples: np.ndarray, model_batch: int, names: tuple[str, ...]) -> Outputs:
+    """Run at the contract's batch size: traced and exported programs may be specialized to it. `names`: the
+    ONNX model's outputs, which the export gave the module's outputs in the order it returns them."""
     import torch
 
-    def run_fixed_batch(batch: np.ndarray) -> np.ndarray:
-        return module(torch.from_numpy(batch)).detach().float().numpy()
+    def run_fixed_batch(batch: np.ndarray) -> Outputs:
+        result = module(torch.from_numpy(batch))
+        values = (result,) if isinstance(result, torch.Tensor) else tuple(
+            result.values() if isinstance(result, dict) else result)
+        return {name: value.detach().float().numpy() for name, value in zip(names, values, strict=True)}
 
     threads = torch.get_num_threads()
     torch.set_num_threads(VALIDATION_THREADS)  # as for every reference run: see core/artifact.py
@@ -298,12 +306,14 @@ def _torch_outputs(module, samples: np.ndarray, model_batch: int) -> np.ndarray:
         torch.set_num_threads(threads)
 
 
-def _measure(artifact: Artifact, runner: Runner, reference: np.ndarray, run: ExportRun):
-    outputs = runner.run(run.datasets.validation)
+def _measure(artifact: Artifact, runner: Runner, reference: Outputs, run: ExportRun):
+    outputs = outputs_of(runner, run.datasets.validation, tuple(reference))
     # Runtimes may keep or drop unit axes (N x 1000 x 1 x 1 vs N x 1000); layouts are the runner's job.
-    if outputs.shape != reference.shape and _squeezed(outputs.shape) == _squeezed(reference.shape):
-        outputs = outputs.reshape(reference.shape)
-    return artifact, compare(reference, outputs, run.spec.thresholds[artifact.precision])
+    for name, values in outputs.items():
+        expected = reference[name].shape if name in reference else values.shape
+        if values.shape != expected and _squeezed(values.shape) == _squeezed(expected):
+            outputs[name] = values.reshape(expected)
+    return artifact, compare_outputs(reference, outputs, run.spec.thresholds[artifact.precision])
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -374,12 +384,29 @@ def _labels(spec: ExportSpec, loaded: LoadedModel) -> tuple[str, ...] | None:
     return labels
 
 
-def _check_labels(labels, reference: np.ndarray) -> None:
-    if labels and reference.ndim == 2 and len(labels) != reference.shape[1]:
+def _check_labels(labels, reference: Outputs) -> None:
+    if not labels:
+        return
+    if len(reference) != 1:
+        raise InputError(f"--labels names the classes of one output, and the model has {len(reference)} "
+                         f"({', '.join(reference)})", hint="export a model with several outputs without --labels")
+    (reference,) = reference.values()
+    if reference.ndim == 2 and len(labels) != reference.shape[1]:
         raise InputError(
             f"the labels file has {len(labels)} names but the model outputs {reference.shape[1]} classes",
             hint="give exactly one label per output class, in class-index order",
         )
+
+
+def _note_mixed_ranges(run: ExportRun, reference: Outputs) -> None:
+    """Before converting: an output whose fields are too far apart for one int8 scale (boxes next to scores)."""
+    for name, values in reference.items():
+        mixed = mixed_range_fields(values)
+        if mixed is not None:
+            field, spread, widest = mixed
+            run.clock.note(f"output {name!r}: field {field} of the last axis spreads {spread:.3g}, less than one int8 "
+                           f"step of its widest field ({widest:.3g}): int8 artifacts will likely fail parity on it; "
+                           "return such values as separate outputs (a tuple or dict) so each keeps its own scale")
 
 
 def _trim_to_batch(datasets: Datasets, batch: int) -> Datasets:
@@ -408,7 +435,9 @@ def _parity_line(artifact: Artifact, parity: ParityResult) -> str:
     verdict = "passed" if parity.passed else "FAILED: " + "; ".join(parity.failures)
     evaluator = artifact.details.get("evaluator")  # set by targets that cannot always run their runtime here
     run_by = f" (run by the {evaluator} evaluator)" if evaluator else ""
-    return f"{artifact.runtime} {artifact.precision}: cosine {parity.cosine:.6f}{top1}{run_by} — {verdict}"
+    each = ", ".join(f"{name} {result.cosine:.6f}" for name, result in parity.per_output)
+    cosine = f"cosine {parity.cosine:.6f}" + (f" (the lowest of {each})" if each else "")
+    return f"{artifact.runtime} {artifact.precision}: {cosine}{top1}{run_by} — {verdict}"
 
 
 def _manifest(run: ExportRun, onnx_model, made_from_inputs: dict, reference_name, records, failures,
@@ -418,7 +447,8 @@ def _manifest(run: ExportRun, onnx_model, made_from_inputs: dict, reference_name
         "schema_version": SCHEMA_VERSION,
         "model": {"name": loaded.name, "source": loaded.source, "weights": loaded.weights},
         "input": {**spec.contract.to_manifest(), "name": onnx_model.input_name},
-        "output": {"name": onnx_model.output_name, "shape": list(onnx_model.output_shape)},
+        "output": onnx_model.outputs_to_manifest()[0],  # the first; "outputs" lists every one in order
+        "outputs": onnx_model.outputs_to_manifest(),
         "labels": {"path": LABELS_NAME, "count": len(labels)} if labels else None,
         "made_from": made_from_inputs,
         "parity_reference": reference_name,

@@ -46,3 +46,20 @@ def build() -> nn.Module:
     if WEIGHTS.exists():
         model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
     return model
+
+
+class DigitsNetTwoOutputs(nn.Module):
+    """The digits model with its last feature map as a second, dense output, returned in a dict as detectors and
+    segmenters return theirs: "scores" (N x 10) and "features" (N x 32 x 4 x 4, NCHW)."""
+
+    def __init__(self, net: DigitsNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        features = self.net.features(x)
+        return {"scores": self.net.head(features.mean((2, 3))), "features": features}
+
+
+def build_two_outputs() -> nn.Module:
+    return DigitsNetTwoOutputs(build())

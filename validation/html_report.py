@@ -126,13 +126,21 @@ def _parity_section(manifest: dict) -> Section:
             _number(parity.get("top5_overlap"), 3), f"{parity['max_abs']:.2e}", _gate_text(parity["thresholds"]),
             _conversion_text(artifact), "pass" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"]),
         ))
+        for name, each in (parity.get("per_output") or {}).items():  # several outputs: each judged on its own
+            rows.append((
+                f"{Path(artifact['path']).name} · output {name}", artifact["runtime"], artifact["precision"],
+                artifact["target"], "", f"{each['cosine']:.6f}", f"{each['cosine_min']:.6f}", _top1_text(each),
+                _number(each.get("top5_overlap"), 3), f"{each['max_abs']:.2e}", _gate_text(each["thresholds"]), "",
+                "pass" if each["passed"] else "FAIL: " + "; ".join(each["failures"]),
+            ))
     header = ("artifact", "runtime", "precision", "platform", "size", "cosine", "min cosine",
               "top-1 agreement (95 % interval)",
               "top-5 overlap", "max |Δ|", "gate", "made (reuse key)", "verdict")
     return Section("Parity against the reference", (
         "Each artifact ran in its own runtime on the validation photos and was compared with the reference; "
         "cosine is the mean over samples. Every artifact's parity was measured by the latest export, kept and "
-        "reused ones included.", *_top1_change_notes(manifest), *_float_fallback_notes(manifest)),
+        "reused ones included. A model with several outputs has a row per output under each artifact's row, which "
+        "gives the worst output's figures.", *_top1_change_notes(manifest), *_float_fallback_notes(manifest)),
         (Table(header, tuple(rows), "parity"),))
 
 
@@ -221,7 +229,9 @@ def _contract_section(manifest: dict) -> Section:
     contract = manifest["input"]
     rows = tuple((key, _plain(contract[key])) for key in
                  ("name", "input_shape", "layout", "color", "pixel_scale", "mean", "std", "formula") if key in contract)
-    rows += (("output", f"{manifest['output']['name']} {manifest['output']['shape']}"),)
+    outputs = manifest.get("outputs") or [manifest["output"]]
+    rows += tuple((f"output {index}" if len(outputs) > 1 else "output", f"{output['name']} {output['shape']}")
+                  for index, output in enumerate(outputs))
     for artifact in manifest["artifacts"]:
         io = artifact.get("details", {}).get("input")
         if isinstance(io, dict) and "dtype" in io:

@@ -32,7 +32,8 @@ class CoreMLTarget(Target):
         from targets.coreml.preprocessing import OUTPUT_NAME, preprocessing_of
         from targets.coreml.runner import CoreMLRunner
 
-        return CoreMLRunner(artifact.path, preprocessing_of(artifact), artifact.details.get("output_name", OUTPUT_NAME))
+        return CoreMLRunner(artifact.path, preprocessing_of(artifact), artifact.details.get("output_name", OUTPUT_NAME),
+                            outputs=artifact.details.get("outputs"))
 
     def tool_versions(self) -> dict[str, str]:
         return {"coremltools": metadata.version("coremltools")}

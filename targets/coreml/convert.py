@@ -55,13 +55,16 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
     preprocessing = image_preprocessing(job.contract)
     module, source = _torch_module(job)
     traced = _trace(module, job.contract, preprocessing)
-    class_labels = classifier_labels(job.labels, job.onnx.output_shape)
+    single = job.onnx.single_output
+    class_labels = classifier_labels(job.labels, single.shape) if single else None
+    outputs = coreml_output_names(job.onnx.output_names)
     precisions = (*PRECISIONS, PALETTE_PRECISION) if job.coreml_palettize else PRECISIONS
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     ct = import_coremltools()
     try:
         with output_to(job.log_path):
-            models = _convert_all(ct, traced, job.contract, preprocessing, class_labels, precisions)
+            models = _convert_all(ct, traced, job.contract, preprocessing, class_labels, precisions,
+                                  tuple(outputs.values()))
             for precision, model in models.items():
                 folder = job.workdir / precision
                 folder.mkdir()
@@ -71,11 +74,22 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
         raise ConverterError(f"coremltools failed: {type(error).__name__}: {str(error)[:500]}",
                              hint=f"the full converter output is in {job.log_path}") from error
     classifier = _classifier_details(models[PRECISIONS[0]], class_labels, job.labels)
+    if classifier:
+        outputs = {job.onnx.output_names[0]: classifier["scores_output"]}
     return [_artifact(job.workdir / precision / "model.mlpackage", runtime, precision, preprocessing, source,
-                      classifier) for precision in precisions]
+                      classifier, outputs) for precision in precisions]
+
+
+def coreml_output_names(onnx_names: tuple[str, ...]) -> dict[str, str]:
+    """{ONNX output: Core ML output}. One output is "output" as ever; several keep their names where Core ML can
+    use them as feature names (identifiers), else "output_<k>"."""
+    if len(onnx_names) == 1:
+        return {onnx_names[0]: OUTPUT_NAME}
+    return {name: name if name.isidentifier() else f"{OUTPUT_NAME}_{index}" for index, name in enumerate(onnx_names)}
+
 
 def _artifact(path: Path, runtime: str, precision: str, preprocessing: ImagePreprocessing, source: str,
-              classifier: dict | None) -> Artifact:
+              classifier: dict | None, outputs: dict[str, str]) -> Artifact:
     # Reading the program back lists its ops and fails early, here, on one the evaluator lacks.
     program_ops = load_program(path).op_counts if evaluator_name() == EVALUATOR_REFERENCE else None
     return Artifact(
@@ -87,7 +101,8 @@ def _artifact(path: Path, runtime: str, precision: str, preprocessing: ImagePrep
             "compute_precision": "float32" if precision == "fp32" else "float16",
             "weights": WEIGHT_DESCRIPTIONS[precision],
             "input": {"name": INPUT_NAME, "type": "ImageType", **asdict(preprocessing)},
-            "output_name": classifier["scores_output"] if classifier else OUTPUT_NAME,
+            "output_name": next(iter(outputs.values())),  # the first; "outputs" maps every ONNX output to its own
+            "outputs": outputs,
             "classifier": classifier,
             "evaluator": evaluator_name(),
             **({"ops": program_ops} if program_ops else {}),
@@ -156,12 +171,31 @@ def _with_channel_multipliers(module, multipliers: tuple[float, ...]):
     return ChannelMultiplied().eval()
 
 
+def _as_tuple_outputs(module):
+    """The module with a dict or list of outputs returned as a tuple in the same order (the tracer takes tuples)."""
+    import torch
+
+    class TupleOutputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = module
+
+        def forward(self, x):
+            result = self.model(x)
+            return tuple(result.values()) if isinstance(result, dict) else tuple(result)
+
+    return TupleOutputs().eval()
+
+
 def _trace(module, contract: InputContract, preprocessing: ImagePreprocessing):
     import torch
 
+    example = torch.zeros(contract.input_shape, dtype=torch.float32)
+    with torch.no_grad():
+        if not isinstance(module(example), torch.Tensor):
+            module = _as_tuple_outputs(module)
     if preprocessing.channel_multipliers is not None:
         module = _with_channel_multipliers(module, preprocessing.channel_multipliers)
-    example = torch.zeros(contract.input_shape, dtype=torch.float32)
     try:
         with torch.no_grad():
             return torch.jit.trace(module, example, check_trace=False)
@@ -171,7 +205,7 @@ def _trace(module, contract: InputContract, preprocessing: ImagePreprocessing):
 
 
 def _convert_all(ct, traced, contract: InputContract, preprocessing: ImagePreprocessing, class_labels,
-                 precisions: tuple[str, ...]) -> dict:
+                 precisions: tuple[str, ...], output_names: tuple[str, ...]) -> dict:
     from coremltools.optimize import coreml as optimize
 
     layout = {"RGB": ct.colorlayout.RGB, "BGR": ct.colorlayout.BGR, "G": ct.colorlayout.GRAYSCALE}
@@ -179,7 +213,7 @@ def _convert_all(ct, traced, contract: InputContract, preprocessing: ImagePrepro
     image = ct.ImageType(name=INPUT_NAME, shape=contract.input_shape, scale=preprocessing.scale, bias=bias,
                          color_layout=layout[preprocessing.color_layout])
     classifier = ct.ClassifierConfig(list(class_labels), predicted_feature_name=CLASS_LABEL_NAME) if class_labels else None
-    common = dict(inputs=[image], outputs=[ct.TensorType(name=OUTPUT_NAME)], convert_to="mlprogram",
+    common = dict(inputs=[image], outputs=[ct.TensorType(name=name) for name in output_names], convert_to="mlprogram",
                   classifier_config=classifier, minimum_deployment_target=getattr(ct.target, MINIMUM_DEPLOYMENT_TARGET))
     fp32 = ct.convert(traced, compute_precision=ct.precision.FLOAT32, **common)
     fp16 = ct.convert(traced, compute_precision=ct.precision.FLOAT16, **common)

@@ -6,20 +6,22 @@ from pathlib import Path
 
 import numpy as np
 
-from core.artifact import run_in_chunks
+from core.artifact import OutputsRunner, run_in_chunks
 from targets.coreml.preprocessing import INPUT_NAME, OUTPUT_NAME, ImagePreprocessing
 from targets.coreml.tools import EVALUATOR_REFERENCE, EVALUATOR_RUNTIME, evaluator_name, import_coremltools
 
 
-class CoreMLRunner:
+class CoreMLRunner(OutputsRunner):
     """Takes preprocessed NCHW tensors like every runner, turns them back into the pixels the model's
     ImageType input expects, and runs the Core ML runtime (macOS) or the reference evaluator (elsewhere)."""
 
     def __init__(self, path: Path, preprocessing: ImagePreprocessing, output_name: str = OUTPUT_NAME,
-                 evaluator: str | None = None):
+                 evaluator: str | None = None, outputs: dict[str, str] | None = None):
+        """`outputs`: {ONNX output name: Core ML output name} (the artifact's details); None: one output,
+        `output_name`."""
         self.evaluator = evaluator or evaluator_name()
         self._preprocessing = preprocessing
-        self._output_name = output_name
+        self._outputs = outputs or {"output": output_name}
         if self.evaluator == EVALUATOR_RUNTIME:
             from targets.coreml.mil_reference import class_labels
 
@@ -33,20 +35,23 @@ class CoreMLRunner:
             self._program = load_program(path)
             self._batch = self._program.input_shapes[INPUT_NAME][0]
 
-    def run(self, batch_nchw: np.ndarray) -> np.ndarray:
+    def run_outputs(self, batch_nchw: np.ndarray) -> dict[str, np.ndarray]:
         return run_in_chunks(self._run_fixed_batch, batch_nchw, self._batch)
 
-    def _run_fixed_batch(self, batch_nchw: np.ndarray) -> np.ndarray:
+    def _run_fixed_batch(self, batch_nchw: np.ndarray) -> dict[str, np.ndarray]:
         pixels = self._preprocessing.pixels_from_tensor(batch_nchw)
         if self.evaluator == EVALUATOR_REFERENCE:
-            return self._program.run({INPUT_NAME: pixels})[self._output_name]
+            values = self._program.run({INPUT_NAME: pixels})
+            return {name: np.asarray(values[coreml], dtype=np.float32) for name, coreml in self._outputs.items()}
         # Not run here: this branch needs macOS (the Core ML runtime); Linux CI tests its selection, and this
         # glue against a stand-in MLModel.
         output = self._model.predict({INPUT_NAME: _pil_image(pixels[0], self._preprocessing.color_layout)})
-        scores = output[self._output_name]
-        if isinstance(scores, dict):  # a classifier's score dictionary, back into class-index order
-            scores = np.asarray([[scores[label] for label in self._class_labels]], dtype=np.float32)
-        return np.asarray(scores, dtype=np.float32)
+        return {name: self._scores(output[coreml]) for name, coreml in self._outputs.items()}
+
+    def _scores(self, values) -> np.ndarray:
+        if isinstance(values, dict):  # a classifier's score dictionary, back into class-index order
+            values = [[values[label] for label in self._class_labels]]
+        return np.asarray(values, dtype=np.float32)
 
 
 def _pil_image(pixels_chw: np.ndarray, color_layout: str):

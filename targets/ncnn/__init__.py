@@ -36,7 +36,7 @@ class NcnnTarget(Target):
     def load(self, artifact: Artifact):
         from targets.ncnn.runner import NcnnRunner
 
-        return NcnnRunner(artifact.path, artifact.companions[0], artifact.precision)
+        return NcnnRunner(artifact.path, artifact.companions[0], artifact.precision, outputs=blobs_of(artifact))
 
     def tool_versions(self) -> dict[str, str]:
         return {"pnnx": metadata.version("pnnx"), "ncnn": metadata.version("ncnn")}
@@ -44,7 +44,8 @@ class NcnnTarget(Target):
     def timing_runner(self, artifact: Artifact, threads: int):
         from targets.ncnn.runner import NcnnRunner
 
-        runner = NcnnRunner(artifact.path, artifact.companions[0], artifact.precision, threads=threads)
+        runner = NcnnRunner(artifact.path, artifact.companions[0], artifact.precision, threads=threads,
+                            outputs=blobs_of(artifact))
         return runner, {key: getattr(runner.options, key) for key in TIMING_OPTIONS}
 
     explainable = True
@@ -63,3 +64,8 @@ class NcnnTarget(Target):
         from targets.ncnn.device import run_benchncnn
 
         return run_benchncnn(run)
+
+
+def blobs_of(artifact: Artifact) -> dict[str, str]:
+    """{output name: ncnn blob}; exports before several outputs were supported recorded one "output_blob"."""
+    return artifact.details.get("output_blobs") or {"output": artifact.details.get("output_blob", "out0")}

@@ -11,7 +11,7 @@ from core.artifact import Artifact, ConversionJob
 from core.errors import ConverterError, InputError
 from core.process import installed_executable, run_converter
 from graph.ncnn_param import Endpoints
-from targets.ncnn.runner import read_param
+from targets.ncnn.runner import output_blobs, read_param
 
 # fp16=1 stores weights as float16 in the .bin (half the size); arithmetic precision is a runtime option.
 STORAGE_PRECISIONS = {"fp32": 0, "fp16": 1}
@@ -46,8 +46,8 @@ def _convert_one(job: ConversionJob, runtime: str, precision: str, fp16_flag: in
     _refuse_unknown_layers(blobs)
     return Artifact(
         path=param, runtime=runtime, precision=precision, companions=(weights,),
-        details={"layout": "CHW (no batch axis)", "input_blob": blobs.inputs[0], "output_blob": blobs.outputs[0],
-                 "ops": blobs.layer_counts},
+        details={"layout": "CHW (no batch axis)", "input_blob": blobs.inputs[0],
+                 "output_blobs": output_blobs(blobs, job.onnx.output_names), "ops": blobs.layer_counts},
     )
 
 

@@ -1,33 +1,53 @@
 """Running ncnn .param/.bin pairs with the ncnn wheel, one C x H x W sample at a time."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
-from core.artifact import VALIDATION_THREADS
+from core.artifact import VALIDATION_THREADS, OutputsRunner
 from core.errors import ConverterError, InputError
 from graph.ncnn_param import Endpoints, endpoints, parse_ncnn_param
 
 
 def read_param(param: Path) -> Endpoints:
-    """The blob the net is fed through, the blob it is read from, and its layer counts."""
+    """The blob the net is fed through, the blobs it is read from, and its layer counts."""
     try:
         summary = endpoints(parse_ncnn_param(param))
     except (InputError, ValueError):
         raise ConverterError(f"{param.name} is not an ncnn param file", hint="re-run the export") from None
-    if len(summary.inputs) != 1 or len(summary.outputs) != 1:
+    if len(summary.inputs) != 1 or not summary.outputs:
         raise ConverterError(
-            f"{param.name} has {len(summary.inputs)} inputs and {len(summary.outputs)} outputs; expected one of each",
-            hint="mobile-export handles image models with one input and one output",
+            f"{param.name} has {len(summary.inputs)} inputs and {len(summary.outputs)} outputs",
+            hint="mobile-export exports image models with one image input; re-export the model",
         )
     return summary
 
 
-class NcnnRunner:
+PNNX_OUTPUT = re.compile(r"out(\d+)")
+
+
+def output_blobs(summary: Endpoints, output_names: tuple[str, ...]) -> dict[str, str]:
+    """{ONNX output name: ncnn blob}. pnnx names the model's k-th output "out<k>"; a param file whose outputs
+    are named otherwise is matched in the order its layers write them (parity then checks the values)."""
+    numbered = sorted(summary.outputs, key=lambda blob: int(PNNX_OUTPUT.fullmatch(blob).group(1))
+                      if PNNX_OUTPUT.fullmatch(blob) else len(summary.outputs))
+    if len(numbered) != len(output_names):
+        raise ConverterError(
+            f"the ncnn model has {len(numbered)} outputs ({', '.join(numbered)}) and the ONNX model "
+            f"{len(output_names)} ({', '.join(output_names)})",
+            hint="pnnx dropped or merged an output; see the ncnn log in OUT/<model>/logs/",
+        )
+    return dict(zip(output_names, numbered))
+
+
+class NcnnRunner(OutputsRunner):
     """Feeds ncnn one C x H x W sample at a time and restores the batch axis on the way out."""
 
-    def __init__(self, param: Path, weights: Path, precision: str, threads: int = VALIDATION_THREADS):
+    def __init__(self, param: Path, weights: Path, precision: str, threads: int = VALIDATION_THREADS,
+                 outputs: dict[str, str] | None = None):
+        """`outputs`: {output name: blob} as the conversion recorded it; None: the net's one output as "output"."""
         import ncnn
 
         self._net = ncnn.Net()
@@ -44,7 +64,8 @@ class NcnnRunner:
         if self._net.load_param(str(param)) != 0 or self._net.load_model(str(weights)) != 0:
             raise ConverterError(f"ncnn cannot load {param.name} / {weights.name}", hint="the files are damaged; re-export")
         summary = read_param(param)
-        self._input_blob, self._output_blob = summary.inputs[0], summary.outputs[0]
+        self._input_blob = summary.inputs[0]
+        self._outputs = outputs or {"output": summary.outputs[0]}
 
     @property
     def options(self):
@@ -55,15 +76,16 @@ class NcnnRunner:
         """A fresh ncnn extractor of the loaded net, for reading intermediate blobs."""
         return self._net.create_extractor()
 
-    def run(self, batch_nchw: np.ndarray) -> np.ndarray:
+    def run_outputs(self, batch_nchw: np.ndarray) -> dict[str, np.ndarray]:
         import ncnn
 
-        outputs = []
+        outputs: dict[str, list[np.ndarray]] = {name: [] for name in self._outputs}
         for sample in np.ascontiguousarray(batch_nchw, dtype=np.float32):
             extractor = self._net.create_extractor()
             extractor.input(self._input_blob, ncnn.Mat(np.ascontiguousarray(sample)).clone())
-            status, result = extractor.extract(self._output_blob)
-            if status != 0:
-                raise ConverterError(f"ncnn failed to compute {self._output_blob} (code {status})", hint="re-export")
-            outputs.append(np.array(result, dtype=np.float32))
-        return np.stack(outputs)
+            for name, blob in self._outputs.items():
+                status, result = extractor.extract(blob)
+                if status != 0:
+                    raise ConverterError(f"ncnn failed to compute {blob} (code {status})", hint="re-export")
+                outputs[name].append(np.array(result, dtype=np.float32))
+        return {name: np.stack(values) for name, values in outputs.items()}

@@ -6,7 +6,7 @@ from importlib import metadata
 
 import numpy as np
 
-from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, run_in_chunks
+from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, OutputsRunner, TensorSpec, run_in_chunks
 from core.errors import ConverterError
 from core.target import Target
 
@@ -47,17 +47,19 @@ def onnx_artifact(onnx_model: OnnxModel, runtime: str = OnnxRuntimeTarget.name) 
     opset = next((entry.version for entry in opsets if entry.domain in ("", "ai.onnx")), None)
     return Artifact(path=onnx_model.path, runtime=runtime, precision="fp32",
                     details={"opset": opset, "input_name": onnx_model.input_name,
-                             "output_name": onnx_model.output_name, "input_shape": list(onnx_model.input_shape),
+                             "input_shape": list(onnx_model.input_shape), "outputs": onnx_model.outputs_to_manifest(),
                              "layout": "NCHW"})
 
 
 def onnx_model_of(artifact: Artifact) -> OnnxModel:
     details = artifact.details
-    return OnnxModel(artifact.path, details["input_name"], details["output_name"], tuple(details["input_shape"]),
-                     tuple(details.get("output_shape", ())))
+    # Exports before several outputs were supported recorded one "output_name".
+    outputs = details.get("outputs") or [{"name": details["output_name"], "shape": []}]
+    return OnnxModel(artifact.path, details["input_name"], tuple(details["input_shape"]),
+                     tuple(TensorSpec(output["name"], tuple(output["shape"])) for output in outputs))
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(OutputsRunner):
     def __init__(self, onnx_model: OnnxModel, threads: int = VALIDATION_THREADS):
         import onnxruntime
 
@@ -70,7 +72,11 @@ class OnnxRuntimeRunner:
             raise ConverterError(f"ONNX Runtime cannot load {onnx_model.path.name}: {error}",
                                  hint="the graph uses an op ONNX Runtime does not support") from None
         self._input_name = onnx_model.input_name
+        self._output_names = [output.name for output in self._session.get_outputs()]
         self._batch = onnx_model.input_shape[0]
 
-    def run(self, batch_nchw: np.ndarray) -> np.ndarray:
-        return run_in_chunks(lambda chunk: self._session.run(None, {self._input_name: chunk})[0], batch_nchw, self._batch)
+    def run_outputs(self, batch_nchw: np.ndarray) -> dict[str, np.ndarray]:
+        def run_fixed_batch(chunk: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(self._output_names, self._session.run(self._output_names, {self._input_name: chunk})))
+
+        return run_in_chunks(run_fixed_batch, batch_nchw, self._batch)

@@ -35,7 +35,7 @@ class TFLiteTarget(Target):
     def load(self, artifact: Artifact):
         from targets.tflite.runner import LiteRTRunner
 
-        return LiteRTRunner(artifact.path)
+        return LiteRTRunner(artifact.path, outputs=artifact.details.get("outputs"))
 
     def tool_versions(self) -> dict[str, str]:
         return {name: metadata.version(name) for name in ("onnx2tf", "tensorflow", "ai-edge-litert")}
@@ -43,7 +43,7 @@ class TFLiteTarget(Target):
     def timing_runner(self, artifact: Artifact, threads: int):
         from targets.tflite.runner import LiteRTRunner
 
-        runner = LiteRTRunner(artifact.path, threads=threads)
+        runner = LiteRTRunner(artifact.path, threads=threads, outputs=artifact.details.get("outputs"))
         took_graph = "DELEGATE" in runner.op_names()
         delegate = "XNNPACK (LiteRT's default CPU delegate)" if took_graph else "none: built-in kernels"
         return runner, {"delegate": delegate, "num_threads": threads}

@@ -24,7 +24,8 @@ from core.parity import ParityThresholds
 from core.process import python_path_for_child, run_python_module
 from graph.passes.lean_graph import with_lean_graph
 from targets.tflite.child_log import phase
-from targets.tflite.runner import describe_tflite
+from targets.tflite.outputs import MATCH_SAMPLES, match_outputs
+from targets.tflite.runner import LiteRTRunner, describe_tflite
 
 # onnx2tf always loads this file for its own sanity inference on 4-D image inputs, and downloads it from
 # the internet when it is missing from the current folder. We write one from the user's photos instead.
@@ -59,8 +60,24 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
                       "bytes on any machine",
         "float_fallback": _fallback_record(child),
     }
-    return [_artifact(job.workdir, runtime, precision, {"int8_recipe": int8_recipe} if precision == "int8" else {})
+    outputs = _matched_outputs(job)
+    return [_artifact(job.workdir, runtime, precision,
+                      {"outputs": outputs, **({"int8_recipe": int8_recipe} if precision == "int8" else {})})
             for precision in FILE_FOR_PRECISION]
+
+
+def _matched_outputs(job: ConversionJob) -> list[dict]:
+    """Each ONNX output's LiteRT output and layout (targets/tflite/outputs.py), found on the fp32 model."""
+    path = job.workdir / FILE_FOR_PRECISION["fp32"]
+    if not path.is_file():
+        raise ConverterError("the TFLite converter finished without writing the fp32 model",
+                             hint="see the tflite log in OUT/<model>/logs/ for the converter's own message")
+    batch = job.onnx.input_shape[0]
+    samples = job.calibration[: batch * max(1, MATCH_SAMPLES // batch)]
+    runner = LiteRTRunner(path)
+    litert_outputs = [np.concatenate(parts) for parts in
+                      zip(*(runner.raw_outputs(samples[i : i + batch]) for i in range(0, len(samples), batch)))]
+    return match_outputs(job.onnx, litert_outputs, samples)
 
 
 def _artifact(workdir: Path, runtime: str, precision: str, extra_details: dict) -> Artifact:

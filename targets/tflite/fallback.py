@@ -18,15 +18,18 @@ import numpy as np
 from dataclasses import dataclass
 from typing import Callable
 
-from core.parity import ParityResult, ParityThresholds, compare, cosine_per_sample
+from core.parity import ParityResult, ParityThresholds, compare_outputs
 from targets.tflite.activation_ranges import clipping_range
 from targets.tflite.child_log import log
 from targets.tflite.quantize import (
     Activations,
     CrossFitted,
     Folds,
+    ModelOutputs,
     cross_fitted,
     model_outputs,
+    named,
+    output_cosines,
     ranges_for,
     scored,
     write_int8,
@@ -79,7 +82,7 @@ def keep_sensitive_tensors_float(method: str, bias_corrected: bool, chosen: Cros
     """The float fallback of the int8 recipe (targets/tflite/int8.py), judged on cross-fitted calibration scores."""
     ranges = ranges_for(method, ready_graph, activations)
     steps = FallbackSteps(
-        check=lambda model: compare(model.reference, model.outputs, gate),
+        check=lambda model: compare_outputs(named(model.reference), named(model.outputs), gate),
         rank=lambda: _rank(Graph(chosen.model), activations, method, folds.samples[1], folds.reference[1]),
         attempt=lambda names: (cross_fitted if bias_corrected else scored)(
             write_int8(ready, ranges, int8_io, _float_ops(ready_graph, names)), folds),
@@ -90,16 +93,16 @@ def keep_sensitive_tensors_float(method: str, bias_corrected: bool, chosen: Cros
 
 
 def _rank(int8_graph: Graph, activations: Activations, method: str, samples: np.ndarray,
-          target: np.ndarray) -> list[tuple[str, float]]:
+          target: ModelOutputs) -> list[tuple[str, float]]:
     """(tensor name, output cosine gained when it alone is float, on the samples), best first, gains > 0 only."""
-    baseline = cosine_per_sample(target, model_outputs(int8_graph, samples)).mean()
+    baseline = output_cosines(target, model_outputs(int8_graph, samples)).mean()
     by_name = {info.name: info.index for info in int8_graph.tensors}
     gains = []
     for name in _noisiest(int8_graph, activations, method):
         if name not in by_name:
             continue
         view = int8_graph.with_float_tensors([by_name[name]])
-        gains.append((name, float(cosine_per_sample(target, model_outputs(view, samples)).mean() - baseline)))
+        gains.append((name, float(output_cosines(target, model_outputs(view, samples)).mean() - baseline)))
     return sorted((g for g in gains if g[1] > 0), key=lambda g: -g[1])
 
 

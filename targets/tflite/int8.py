@@ -37,9 +37,11 @@ from targets.tflite.model_edit import EditableModel
 from targets.tflite.quantize import (
     Activations,
     CrossFitted,
+    ModelOutputs,
     cross_fitted,
     fold_positions,
     folds_of,
+    per_sample,
     ranges_for,
     scored,
     spread_positions,
@@ -132,7 +134,7 @@ def _rounded_means(cosines_by_name: dict[str, np.ndarray]) -> dict[str, float]:
 @dataclass(frozen=True)
 class FloatMeasurements:
     statistics: Statistics  # H of every roundable op, weighted layers' outputs on the fold samples
-    reference: np.ndarray  # the float model's output for every calibration sample
+    reference: ModelOutputs  # the float model's outputs for every calibration sample
     activations: Activations  # each activation's span and histogram
 
 
@@ -146,7 +148,6 @@ def _measure_float_model(float_model: bytes, calibration_nhwc: np.ndarray, steps
     rounding statistics, outputs). Weight rounding changes activations by a fraction of a step, so what is
     measured before it holds after it."""
     graph = Graph(float_model)
-    (output,) = graph.outputs
     tensors = activation_tensors(graph)
     roundable = {op.index for op in roundable_ops(EditableModel(float_model))} if steps.round_weights else set()
     weighted = {op.index for op in graph.ops if op.kind in WEIGHTED_KINDS} if steps.bias_correction != NEVER else set()
@@ -157,10 +158,10 @@ def _measure_float_model(float_model: bytes, calibration_nhwc: np.ndarray, steps
     with phase(f"float model ({len(calibration_nhwc)} samples): ranges, histograms, rounding statistics, outputs"):
         statistics = measure(graph, calibration_nhwc, ranges_of=tensors, histograms_of=bins, hessians_of=roundable,
                              hessian_samples=spread_positions(0, len(calibration_nhwc), ROUNDING_SAMPLES),
-                             keep={output}, layer_outputs_of=weighted,
+                             keep=set(graph.outputs), layer_outputs_of=weighted,
                              layer_output_samples=np.concatenate(fold_positions(len(calibration_nhwc))))
     spans = {t: _nonempty(min(low, 0.0), max(high, 0.0)) for t, (low, high) in statistics.ranges.items()}
-    reference = statistics.values[output].reshape(len(calibration_nhwc), -1)
+    reference = per_sample(graph, statistics.values, len(calibration_nhwc))
     return FloatMeasurements(statistics, reference, Activations(spans, bins, statistics.histograms))
 
 

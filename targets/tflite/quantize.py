@@ -21,19 +21,43 @@ class CrossFitted:
     corrected on the other fold (so no sample scores a correction it tuned), with their float reference."""
 
     model: bytes
-    outputs: np.ndarray
-    reference: np.ndarray
+    outputs: "ModelOutputs"
+    reference: "ModelOutputs"
 
     @property
     def cosines(self) -> np.ndarray:
-        from core.parity import cosine_per_sample
-
-        return cosine_per_sample(self.reference, self.outputs)
+        return output_cosines(self.reference, self.outputs)
 
 
-def model_outputs(graph: Graph, samples_nhwc: np.ndarray) -> np.ndarray:
-    (output,) = graph.outputs
-    return simulate(graph, samples_nhwc)[output].reshape(len(samples_nhwc), -1)
+# The graph's outputs for a batch of samples, in the graph's order, each N x (the tensor's shape past its batch).
+ModelOutputs = tuple[np.ndarray, ...]
+
+
+def model_outputs(graph: Graph, samples_nhwc: np.ndarray) -> ModelOutputs:
+    return per_sample(graph, simulate(graph, samples_nhwc), len(samples_nhwc))
+
+
+def per_sample(graph: Graph, values: dict[int, np.ndarray], count: int) -> ModelOutputs:
+    """The graph's outputs among simulated `values` of `count` samples, each N x (its shape past the batch)."""
+    return tuple(values[output].reshape(count, *graph.tensors[output].shape[1:]) for output in graph.outputs)
+
+
+def output_cosines(reference: ModelOutputs, outputs: ModelOutputs) -> np.ndarray:
+    """Per sample, the mean over the model's outputs of each output's cosine: every output is judged on its own
+    scale (boxes in pixels would drown scores in 0..1 in one cosine). One output: its cosine, exactly."""
+    from core.parity import cosine_per_sample
+
+    return np.mean([cosine_per_sample(r.reshape(len(r), -1), o.reshape(len(o), -1))
+                    for r, o in zip(reference, outputs, strict=True)], axis=0)
+
+
+def named(outputs: ModelOutputs) -> dict[str, np.ndarray]:
+    """The outputs as core.parity.compare_outputs takes them: one output as it is, several as "output k"."""
+    return {f"output {index}": values for index, values in enumerate(outputs)}
+
+
+def _joined(per_fold: list[ModelOutputs]) -> ModelOutputs:
+    return tuple(np.concatenate(parts) for parts in zip(*per_fold))
 
 
 @dataclass(frozen=True)
@@ -95,7 +119,7 @@ class Folds:
     candidate model)."""
 
     samples: tuple[np.ndarray, np.ndarray]
-    reference: tuple[np.ndarray, np.ndarray]
+    reference: tuple[ModelOutputs, ModelOutputs]
     layer_outputs: tuple[list[np.ndarray], list[np.ndarray]] | None
 
 
@@ -108,11 +132,11 @@ def fold_positions(count: int) -> tuple[np.ndarray, np.ndarray]:
     return spread_positions(0, half, BIAS_SAMPLES), spread_positions(half, count, BIAS_SAMPLES)
 
 
-def folds_of(calibration_nhwc: np.ndarray, reference: np.ndarray, layer_outputs: dict | None) -> Folds:
+def folds_of(calibration_nhwc: np.ndarray, reference: ModelOutputs, layer_outputs: dict | None) -> Folds:
     """`layer_outputs`: {weighted op: float outputs of the fold samples, fold 0's then fold 1's} or None."""
     positions = fold_positions(len(calibration_nhwc))
     samples = tuple(calibration_nhwc[p] for p in positions)
-    references = tuple(reference[p] for p in positions)
+    references = tuple(tuple(output[p] for output in reference) for p in positions)
     layers = None
     if layer_outputs is not None:
         first = len(positions[0])
@@ -131,7 +155,7 @@ def scored(quantized: bytes, folds: Folds) -> CrossFitted:
     """The int8 model as it is, scored on both folds (nothing tuned on either)."""
     graph = Graph(quantized)
     outputs = [model_outputs(graph, folds.samples[fold]) for fold in (1, 0)]
-    return CrossFitted(quantized, np.concatenate(outputs), np.concatenate([folds.reference[1], folds.reference[0]]))
+    return CrossFitted(quantized, _joined(outputs), _joined([folds.reference[1], folds.reference[0]]))
 
 
 def cross_fitted(quantized: bytes, folds: Folds) -> CrossFitted:
@@ -144,8 +168,7 @@ def cross_fitted(quantized: bytes, folds: Folds) -> CrossFitted:
         outputs.append(model_outputs(Graph(model.to_bytes()), folds.samples[scored_fold]))
     final = EditableModel(quantized)
     add_bias_steps(final, _mean_steps(corrections))
-    return CrossFitted(final.to_bytes(), np.concatenate(outputs),
-                       np.concatenate([folds.reference[1], folds.reference[0]]))
+    return CrossFitted(final.to_bytes(), _joined(outputs), _joined([folds.reference[1], folds.reference[0]]))
 
 
 def _mean_steps(corrections: list[dict]) -> dict:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.artifact import VALIDATION_THREADS, run_in_chunks
+from core.artifact import VALIDATION_THREADS, OutputsRunner, run_in_chunks
 from core.errors import ConverterError
+from targets.tflite.outputs import CHANNELS_LAST, channels_first
 
 
 def describe_tflite(path: Path) -> dict:
@@ -36,29 +37,43 @@ def _interpreter(path: Path, threads: int = VALIDATION_THREADS):
     return interpreter
 
 
-class LiteRTRunner:
-    """Runs a .tflite on NCHW float batches: transposes to NHWC and (de)quantizes int8 I/O itself."""
+class LiteRTRunner(OutputsRunner):
+    """Runs a .tflite on NCHW float batches: transposes to NHWC, (de)quantizes int8 I/O itself, and gives each
+    output back under its ONNX name in the ONNX layout (targets/tflite/outputs.py matched them at conversion)."""
 
-    def __init__(self, path: Path, threads: int = VALIDATION_THREADS):
+    def __init__(self, path: Path, threads: int = VALIDATION_THREADS, outputs: list[dict] | None = None):
+        """`outputs`: the artifact's details["outputs"]; None for a one-output model recorded before them (its
+        output named "output", a 4-D one channels-last as onnx2tf makes it)."""
         self._interpreter = _interpreter(path, threads)
         self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        details = self._interpreter.get_output_details()
+        self._outputs = [(entry["name"], details[entry["index"]], entry["layout"]) for entry in outputs] if outputs \
+            else [("output", details[0], CHANNELS_LAST)]
 
-    def run(self, batch_nchw: np.ndarray) -> np.ndarray:
+    def run_outputs(self, batch_nchw: np.ndarray) -> dict[str, np.ndarray]:
         return run_in_chunks(self._run_fixed_batch, batch_nchw, int(self._input["shape"][0]))
+
+    def raw_outputs(self, batch_nchw: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model as LiteRT orders and lays them out, dequantized."""
+        self._invoke(batch_nchw)
+        return [dequantize(self._interpreter.get_tensor(details["index"]), details)
+                for details in self._interpreter.get_output_details()]
 
     def op_names(self) -> set[str]:
         """The kinds of node in the execution plan: "DELEGATE" when XNNPACK took (part of) the graph."""
         return {op["op_name"] for op in self._interpreter._get_ops_details()}  # the only way LiteRT tells
 
-    def _run_fixed_batch(self, batch_nchw: np.ndarray) -> np.ndarray:
+    def _invoke(self, batch_nchw: np.ndarray) -> None:
         tensor = batch_nchw
         if tensor.ndim == 4 and tuple(self._input["shape"][1:]) != tensor.shape[1:]:
             tensor = tensor.transpose(0, 2, 3, 1)
         self._interpreter.set_tensor(self._input["index"], quantize(tensor, self._input))
         self._interpreter.invoke()
-        output = dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
-        return output.transpose(0, 3, 1, 2) if output.ndim == 4 else output
+
+    def _run_fixed_batch(self, batch_nchw: np.ndarray) -> dict[str, np.ndarray]:
+        self._invoke(batch_nchw)
+        return {name: channels_first(dequantize(self._interpreter.get_tensor(details["index"]), details), layout)
+                for name, details, layout in self._outputs}
 
 
 def quantize(tensor: np.ndarray, details: dict) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.artifact import ConversionJob, OnnxModel
+from core.artifact import ConversionJob, OnnxModel, TensorSpec
 from core.contract import InputContract
 from exporter.cache import MADE_FROM, NOT_SHAPING_THE_RESULT, OPTIONS, conversion_key, conversion_options, made_from
 from tests.helpers import DIGITS_CONTRACT, run_cli
@@ -20,7 +20,7 @@ def job(tmp_path) -> ConversionJob:
     onnx_file.write_bytes(b"graph bytes")
     contract = InputContract((1, 3, 8, 8), (0.5,) * 3, (0.25,) * 3)
     return ConversionJob(
-        onnx=OnnxModel(onnx_file, "input", "output", (1, 3, 8, 8), (1, 10)), contract=contract,
+        onnx=OnnxModel(onnx_file, "input", (1, 3, 8, 8), (TensorSpec("output", (1, 10)),)), contract=contract,
         calibration=np.zeros((4, 3, 8, 8), np.float32), workdir=tmp_path / "a", log_path=tmp_path / "a.log",
     )
 

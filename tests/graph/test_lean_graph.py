@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.artifact import ConversionJob, OnnxModel
+from core.artifact import ConversionJob, OnnxModel, TensorSpec
 from core.contract import InputContract
 from core.pixels import center_crop
 from exporter.onnx_stage import export_from_torch, simplify_and_check
@@ -207,7 +207,7 @@ def test_the_tflite_target_converts_a_lean_copy_and_leaves_the_original(tmp_path
     workdir = tmp_path / "tflite"
     workdir.mkdir()
     job = ConversionJob(
-        onnx=OnnxModel(path, "input", "output", CONTRACT.input_shape, (1, 10)), contract=CONTRACT,
+        onnx=OnnxModel(path, "input", CONTRACT.input_shape, (TensorSpec("output", (1, 10)),)), contract=CONTRACT,
         calibration=_photos(CONTRACT), workdir=workdir, log_path=tmp_path / "tflite.log",
     )
 

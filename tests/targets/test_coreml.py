@@ -162,7 +162,7 @@ def test_a_corrupted_weight_in_the_saved_package_fails_parity(ios_export, user_p
 def test_an_op_the_evaluator_does_not_know_is_not_verified(tmp_path):
     import torch
 
-    from core.artifact import ConversionJob, OnnxModel
+    from core.artifact import ConversionJob, OnnxModel, TensorSpec
     from targets.coreml import CoreMLTarget
 
     class SineNet(torch.nn.Module):
@@ -175,7 +175,8 @@ def test_an_op_the_evaluator_does_not_know_is_not_verified(tmp_path):
 
     contract = InputContract((1, 3, 16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     job = ConversionJob(
-        onnx=OnnxModel(tmp_path / "unused.onnx", "input", "output", (1, 3, 16, 16), (1, 4)), contract=contract,
+        onnx=OnnxModel(tmp_path / "unused.onnx", "input", (1, 3, 16, 16), (TensorSpec("output", (1, 4)),)),
+        contract=contract,
         calibration=np.zeros((1, 3, 16, 16), np.float32), workdir=tmp_path, log_path=tmp_path / "coreml.log",
         torch_module=SineNet().eval(),
     )
@@ -191,7 +192,7 @@ def test_an_onnx_source_converts_through_a_regenerated_pytorch_module(tmp_path):
     """coremltools reads no ONNX: pnnx rewrites the graph as a PyTorch module, which is converted."""
     import torch
 
-    from core.artifact import ConversionJob, OnnxModel
+    from core.artifact import ConversionJob, OnnxModel, TensorSpec
     from targets.coreml import CoreMLTarget
 
     torch.manual_seed(0)
@@ -208,7 +209,7 @@ def test_an_onnx_source_converts_through_a_regenerated_pytorch_module(tmp_path):
                       input_names=["input"], output_names=["output"])
     contract = InputContract((1, 3, 16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     job = ConversionJob(
-        onnx=OnnxModel(source, "input", "output", (1, 3, 16, 16), (1, 4)), contract=contract,
+        onnx=OnnxModel(source, "input", (1, 3, 16, 16), (TensorSpec("output", (1, 4)),)), contract=contract,
         calibration=np.zeros((1, 3, 16, 16), np.float32), workdir=tmp_path / "work", log_path=tmp_path / "coreml.log",
         torch_module=None,
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.artifact import ConversionJob, OnnxModel
+from core.artifact import ConversionJob, OnnxModel, TensorSpec
 from core.contract import InputContract
 from core.parity import DEFAULT_THRESHOLDS, ParityThresholds, compare
 from targets.tflite import TFLiteTarget
@@ -68,7 +68,7 @@ def offset_channel_onnx(tmp_path_factory):
 
 def converted_int8(onnx_path, calibration, tmp_path, fallback_gate: ParityThresholds | None):
     job = ConversionJob(
-        onnx=OnnxModel(onnx_path, "input", "output", CONTRACT.input_shape, (1, 10)), contract=CONTRACT,
+        onnx=OnnxModel(onnx_path, "input", CONTRACT.input_shape, (TensorSpec("output", (1, 10)),)), contract=CONTRACT,
         calibration=calibration, workdir=tmp_path, log_path=tmp_path / "tflite.log", int8_fallback_gate=fallback_gate,
     )
     return next(a for a in TFLiteTarget().convert(job) if a.precision == "int8"), job

@@ -47,7 +47,8 @@ def _simulated(model: bytes, samples_nhwc: np.ndarray) -> np.ndarray:
     from targets.tflite.quantize import model_outputs
     from targets.tflite.simulator import Graph
 
-    return model_outputs(Graph(model), samples_nhwc)
+    (outputs,) = model_outputs(Graph(model), samples_nhwc)
+    return outputs.reshape(len(samples_nhwc), -1)
 
 
 def test_the_simulated_float_model_computes_what_litert_computes(digits_tflite, samples_nhwc):

@@ -268,7 +268,7 @@ def test_bundle_holds_the_checked_artifacts_labels_contract_and_snippets(reporte
     assert "const val WIDTH = 32" in kotlin and "FloatArray(10)" in kotlin
     ncnn_entry = next(a for a in manifest["artifacts"] if a["runtime"] == "ncnn" and a["precision"] == "fp16")
     assert f'extractor.input("{ncnn_entry["details"]["input_blob"]}", in)' in ncnn
-    assert f'extractor.extract("{ncnn_entry["details"]["output_blob"]}", out)' in ncnn
+    assert f'extractor.extract("{ncnn_entry["details"]["output_blobs"]["output"]}", out)' in ncnn
     assert "{127.5f, 127.5f, 127.5f}" in ncnn and "{0.01568627f, 0.01568627f, 0.01568627f}" in ncnn
     assert "PIXEL_RGBA2RGB" in ncnn and "no Core ML snippet" in readme
 

@@ -1,0 +1,156 @@
+"""Models with several outputs: named from what forward() returns, carried through every target in order and
+layout, and judged output by output."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from core.errors import InputError
+from core.parity import DEFAULT_THRESHOLDS, compare_outputs, mixed_range_fields
+from tests.helpers import DIGITS_CONTRACT, run_cli
+
+OUTPUTS = [{"name": "scores", "shape": [1, 10]}, {"name": "features", "shape": [1, 32, 4, 4]}]
+
+
+@pytest.fixture(scope="module")
+def two_output_export(user_package, digit_photo_folder, tmp_path_factory):
+    """The trained digits model returning {"scores", "features"}, exported with --target all, in the README's
+    "your own model" form: (the CLI's CompletedProcess, OUT/build_two_outputs)."""
+    out = tmp_path_factory.mktemp("two_outputs")
+    result = run_cli(["--model", "python:my_pkg.my_mod:build_two_outputs", *DIGITS_CONTRACT, "--calib",
+                      str(digit_photo_folder), "--target", "all", "--out", str(out)], cwd=user_package)
+    return result, out / "build_two_outputs"
+
+
+def test_a_model_returning_a_dict_exports_to_every_target_with_parity_per_output(two_output_export):
+    result, model_dir = two_output_export
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["outputs"] == OUTPUTS
+    artifacts = {(a["runtime"], a["precision"]): a for a in manifest["artifacts"]}
+    assert {"onnx", "tflite", "ncnn", "coreml"} == {runtime for runtime, _ in artifacts}
+    assert ("tflite", "int8") in artifacts
+    for (runtime, precision), artifact in artifacts.items():
+        per_output = artifact["parity"]["per_output"]
+        assert list(per_output) == ["scores", "features"], (runtime, precision)
+        assert all(each["passed"] for each in per_output.values()), (runtime, precision)
+        # The artifact's figures are its worst output's.
+        assert artifact["parity"]["cosine"] == min(each["cosine"] for each in per_output.values())
+        # One score per class: top-1 is judged on the scores; a feature map has no classes.
+        assert per_output["scores"]["top1_agreement"] is not None
+        assert per_output["features"]["top1_agreement"] is None
+    with zipfile.ZipFile(model_dir / "bundle.zip") as bundle:
+        assert json.loads(bundle.read("input_contract.json"))["outputs"] == OUTPUTS
+    report = (model_dir / "report.md").read_text()
+    assert "output features" in report and "output scores" in report
+
+
+def test_tflite_outputs_are_matched_by_value_and_restored_to_the_onnx_layout(two_output_export):
+    from targets.tflite.outputs import AS_IS, CHANNELS_LAST
+    from targets.tflite.runner import LiteRTRunner
+
+    _, model_dir = two_output_export
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    fp32 = next(a for a in manifest["artifacts"] if a["runtime"] == "tflite" and a["precision"] == "fp32")
+    mapping = {entry["name"]: entry["layout"] for entry in fp32["details"]["outputs"]}
+    assert mapping == {"scores": AS_IS, "features": CHANNELS_LAST}
+    samples = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    path = model_dir / fp32["path"]
+    outputs = LiteRTRunner(path, outputs=fp32["details"]["outputs"]).run_outputs(samples)
+    assert outputs["features"].shape == (2, 32, 4, 4)
+    # Negative control: the same output read without the recorded layout is not the ONNX model's tensor.
+    as_is = [dict(entry, layout=AS_IS) for entry in fp32["details"]["outputs"]]
+    assert LiteRTRunner(path, outputs=as_is).run_outputs(samples)["features"].shape == (2, 4, 4, 32)
+
+
+def test_labels_for_a_model_with_several_outputs_are_refused(user_package, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(str(d) for d in range(10)))
+    result = run_cli(["--model", "python:my_pkg.my_mod:build_two_outputs", *DIGITS_CONTRACT, "--labels", str(labels),
+                      "--target", "ncnn", "--out", str(tmp_path / "out")], cwd=user_package)
+    assert result.returncode == 2
+    assert "--labels names the classes of one output, and the model has 2 (scores, features)" in result.stderr
+    assert not (tmp_path / "out" / "build_two_outputs" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("returned, names", [
+    ("tensor", ("output",)),
+    ("tuple", ("output_0", "output_1")),
+    ("dict", ("boxes", "scores")),
+])
+def test_outputs_are_named_from_what_forward_returns(returned, names):
+    import torch
+
+    from exporter.onnx_stage import output_names
+
+    boxes, scores = torch.zeros(1, 4), torch.zeros(1, 3)
+    result = {"tensor": boxes, "tuple": (boxes, scores), "dict": {"boxes": boxes, "scores": scores}}[returned]
+    assert output_names(result) == names
+
+
+@pytest.mark.parametrize("returned, message", [
+    ("nested", "the model's outputs output_1 (tuple) are not tensors"),
+    ("number", "the model returns a float, not tensors"),
+    ("empty", "the model returns an empty tuple"),
+    ("bad key", "the model's output keys 'box es' cannot name tensors"),
+])
+def test_outputs_that_cannot_be_named_tensors_are_refused(returned, message):
+    import torch
+
+    from exporter.onnx_stage import output_names
+
+    boxes = torch.zeros(1, 4)
+    result = {"nested": (boxes, (boxes, boxes)), "number": 1.0, "empty": (), "bad key": {"box es": boxes}}[returned]
+    with pytest.raises(InputError) as error:
+        output_names(result)
+    assert message in error.value.message
+
+
+def _detector_outputs(samples: int = 40, anchors: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    boxes = rng.uniform(0, 96, (samples, anchors, 4))  # pixels
+    scores = 1 / (1 + np.exp(-rng.standard_normal((samples, anchors, 3))))  # 0..1
+    return {"boxes": boxes.astype(np.float32), "scores": scores.astype(np.float32)}
+
+
+def _int8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Fake int8 over [low, high] as one tensor scale."""
+    step = (high - low) / 255
+    return (np.round((values - low) / step) * step + low).astype(np.float32)
+
+
+def test_each_output_is_judged_on_its_own_and_a_failure_names_it():
+    reference = _detector_outputs()
+    gate = DEFAULT_THRESHOLDS["int8"]
+    own_scales = {name: _int8(values, values.min(), values.max()) for name, values in reference.items()}
+    assert compare_outputs(reference, own_scales, gate).passed
+    broken = {**own_scales, "scores": np.zeros_like(reference["scores"])}
+    result = compare_outputs(reference, broken, gate)
+    assert not result.passed
+    assert {failure.split(":")[0] for failure in result.failures} == {"scores"}
+    assert dict(result.per_output)["boxes"].passed
+    missing = compare_outputs(reference, {"boxes": own_scales["boxes"], "other": own_scales["scores"]}, gate)
+    assert missing.failures == ("outputs scores missing; the artifact gives boxes, other",)
+
+
+def test_boxes_and_scores_sharing_one_int8_scale_fail_naming_the_field_and_the_fix():
+    parts = _detector_outputs()
+    reference = {"detections": np.concatenate([parts["boxes"], parts["scores"]], axis=-1)}
+    gate = DEFAULT_THRESHOLDS["int8"]
+    values = reference["detections"]
+    one_scale = {"detections": _int8(values, values.min(), values.max())}
+    result = compare_outputs(reference, one_scale, gate)
+    # The tensor's cosine, carried by the boxes, passes; the scores (fields 4-6) are a few steps of 0.38.
+    assert result.cosine > gate.cosine
+    assert not result.passed
+    assert "field" in result.failures[0] and "return them as separate outputs" in result.failures[0]
+    # Seen before quantizing: the scores spread less (std 0.2) than one int8 step of the boxes' range (96 / 255).
+    assert mixed_range_fields(values)[0] in (4, 5, 6)
+    assert mixed_range_fields(parts["boxes"]) is None and mixed_range_fields(parts["scores"]) is None
+    # Negative control: each field on its own scale passes the same check.
+    per_field = np.concatenate([_int8(values[..., k:k + 1], values[..., k].min(), values[..., k].max())
+                                for k in range(values.shape[-1])], axis=-1)
+    assert compare_outputs(reference, {"detections": per_field}, gate).passed
