@@ -23,6 +23,14 @@ def coreml_swift(contract: SnippetContract, artifact: dict) -> str:
         results = ("guard let best = (request.results as? [VNClassificationObservation])?.first else { return }\n"
                    "            completion(best.identifier, best.confidence)")
         signature = "completion: @escaping (String, Float) -> Void"  # confidence = the raw score, no softmax
+    elif len(details.get("outputs") or {}) > 1:
+        names = ", ".join(f'"{name}"' for name in details["outputs"].values())
+        results = ("var outputs: [String: MLMultiArray] = [:]  // by Core ML output name: " + names + "\n"
+                   "            for observation in request.results as? [VNCoreMLFeatureValueObservation] ?? [] {\n"
+                   "                outputs[observation.featureName] = observation.featureValue.multiArrayValue\n"
+                   "            }\n"
+                   "            completion(outputs)")
+        signature = "completion: @escaping ([String: MLMultiArray]) -> Void"
     else:
         output = details.get("output_name", "output")
         results = ("guard let scores = (request.results as? [VNCoreMLFeatureValueObservation])?\n"

@@ -44,6 +44,17 @@ def test_a_model_returning_a_dict_exports_to_every_target_with_parity_per_output
         assert per_output["features"]["top1_agreement"] is None
     with zipfile.ZipFile(model_dir / "bundle.zip") as bundle:
         assert json.loads(bundle.read("input_contract.json"))["outputs"] == OUTPUTS
+        kotlin = bundle.read("android/LiteRtClassifier.kt").decode()
+        cpp = bundle.read("android/ncnn_classifier.cpp").decode()
+        swift = bundle.read("ios/CoreMLClassifier.swift").decode()
+    # The snippets read every output by the model's name, from where each runtime put it.
+    tflite = next(a for a in manifest["artifacts"] if a["path"] in kotlin)
+    for entry in tflite["details"]["outputs"]:
+        assert f'Output("{entry["name"]}", {entry["index"]},' in kotlin
+    ncnn = next(a for a in manifest["artifacts"] if a["path"] in cpp)
+    pairs = ", ".join(f'{{"{name}", "{blob}"}}' for name, blob in ncnn["details"]["output_blobs"].items())
+    assert pairs in cpp and list(ncnn["details"]["output_blobs"]) == ["scores", "features"]
+    assert 'by Core ML output name: "scores", "features"' in swift
     report = (model_dir / "report.md").read_text()
     assert "output features" in report and "output scores" in report
 
