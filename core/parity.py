@@ -2,24 +2,33 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from core.output_kinds import LOGITS, inferred_kind, kind_metrics
 
 
 @dataclass(frozen=True)
 class ParityThresholds:
     cosine: float  # the mean per-sample cosine similarity must reach this
-    top1_agreement: float | None = None  # fraction of samples whose arg-max matches the reference
+    top1_agreement: float | None = None  # fraction of samples whose arg-max matches the reference (logits)
+    pixel_agreement: float | None = None  # fraction of pixels whose class matches (class maps)
+    peak_agreement: float | None = None  # fraction of keypoint heatmaps peaking within a cell (heatmaps)
+    box_iou: float | None = None  # mean IoU of each box with the reference's (boxes)
 
 
 # Origin: fp32 runtimes differ from PyTorch only by summation order (~1e-6 relative); fp16 storage keeps
 # ~3 decimal digits; int8 with per-channel weights keeps the ranking of a classifier's logits on real photos.
+# A task model's int8 gates (issue 19's bar): 98 % of pixels keep their class, 95 % of keypoints their peak, boxes
+# keep 0.9 mean IoU.
+_INT8_TASK_GATES = dict(pixel_agreement=0.98, peak_agreement=0.95, box_iou=0.9)
 DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
     "fp32": ParityThresholds(cosine=0.99999),
     "fp16": ParityThresholds(cosine=0.999),
-    "int8": ParityThresholds(cosine=0.99, top1_agreement=0.95),
-    "palette6": ParityThresholds(cosine=0.99, top1_agreement=0.95),  # Core ML 6-bit weights: gated like int8
+    "int8": ParityThresholds(cosine=0.99, top1_agreement=0.95, **_INT8_TASK_GATES),
+    # Core ML 6-bit weights: gated like int8
+    "palette6": ParityThresholds(cosine=0.99, top1_agreement=0.95, **_INT8_TASK_GATES),
 }
 
 
@@ -45,6 +54,9 @@ class ParityResult:
     # A model with several outputs: each output's own parity, in the model's order. The figures above are then
     # the worst output's (lowest cosine, largest error) and the failures name their output.
     per_output: tuple[tuple[str, "ParityResult"], ...] = ()
+    kind: str | None = None  # what the output is (core/output_kinds.py); None for a record of several outputs
+    snr_db: float | None = None  # 10 log10(signal power / error power) over every value
+    metrics: dict = field(default_factory=dict)  # the kind's own figures, e.g. pixel_agreement and mean_iou
 
     def to_manifest(self) -> dict:
         record = asdict(self)
@@ -64,16 +76,19 @@ class Top1Change:
 
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-                    thresholds: ParityThresholds) -> ParityResult:
+                    thresholds: ParityThresholds, kinds: dict[str, str] | None = None) -> ParityResult:
     """Compare every output of the reference with the candidate's output of the same name. One output: exactly
     compare(); several: each compared alone (a box head in pixels must not drown a score head in 0..1) and the
     result passes only when every output passes."""
+    kinds = kinds or {}
     if len(reference) == 1 and len(candidate) == 1:  # whatever each calls it (artifacts of older exports)
-        return compare(next(iter(reference.values())), next(iter(candidate.values())), thresholds)
+        (name, values), = reference.items()
+        return compare(values, next(iter(candidate.values())), thresholds, kinds.get(name))
     missing = [name for name in reference if name not in candidate]
     if missing:
         return _missing_outputs(reference, candidate, missing, thresholds)
-    results = tuple((name, compare(values, candidate[name], thresholds)) for name, values in reference.items())
+    results = tuple((name, compare(values, candidate[name], thresholds, kinds.get(name)))
+                    for name, values in reference.items())
     worst = min((result for _, result in results), key=lambda result: np.nan_to_num(result.cosine, nan=-2.0))
     return ParityResult(
         samples=worst.samples,
@@ -81,6 +96,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         mean_abs=max(result.mean_abs for _, result in results),
         cosine=worst.cosine,
         cosine_min=min(result.cosine_min for _, result in results),
+        snr_db=min(result.snr_db for _, result in results),
         top1_agreement=None,
         top5_overlap=None,
         thresholds=thresholds,
@@ -99,8 +115,11 @@ def _missing_outputs(reference: dict, candidate: dict, missing: list[str], thres
     )
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThresholds) -> ParityResult:
-    """Compare N x ... outputs sample by sample."""
+def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThresholds,
+            kind: str | None = None) -> ParityResult:
+    """Compare N x ... outputs sample by sample; `kind` (core/output_kinds.py) is inferred from the shape when
+    None."""
+    kind = kind or inferred_kind(reference.shape)
     if reference.shape != candidate.shape:
         return _shape_mismatch(reference, candidate, thresholds)
     samples = reference.shape[0]
@@ -108,7 +127,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
     cand = candidate.reshape(samples, -1).astype(np.float64)
     difference = np.abs(ref - cand)
     cosines = cosine_per_sample(ref, cand)
-    class_scores = _is_class_scores(reference)
+    class_scores = kind == LOGITS
+    metrics = kind_metrics(kind, reference, candidate) if np.isfinite(cand).all() else {}
     changes = _top1_changes(ref, cand) if class_scores else ()
     agreeing = samples - len(changes)
     top1 = agreeing / samples if class_scores else None
@@ -120,6 +140,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
     if not cosines.mean() >= thresholds.cosine:
         failures.append(f"cosine {cosines.mean():.6f} < {thresholds.cosine}")
     failures += _record_field_failures(reference, candidate, thresholds)
+    failures += _metric_failures(metrics, thresholds)
     if thresholds.top1_agreement is not None and top1 is not None and top1 < thresholds.top1_agreement:
         # The count, because near the gate three decimals round a failure up to it ("0.950 < 0.95").
         failures.append(f"top-1 agreement {top1:.4f} ({agreeing} of {samples} samples) < {thresholds.top1_agreement}")
@@ -136,7 +157,38 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
         failures=tuple(failures),
         top1_changes=changes,
         top1_interval=wilson_interval(agreeing, samples) if class_scores else None,
+        kind=kind,
+        snr_db=snr_db(ref, cand),
+        metrics={name: round(value, 6) for name, value in metrics.items()},
     )
+
+
+# A kind's figure -> the threshold that gates it and how a failure names it.
+METRIC_GATES = {"pixel_agreement": ("pixel_agreement", "pixel agreement"),
+                "peak_agreement": ("peak_agreement", "keypoint peak agreement"),
+                "box_iou": ("box_iou", "mean box IoU")}
+
+
+def _metric_failures(metrics: dict[str, float], thresholds: ParityThresholds) -> list[str]:
+    failures = []
+    for metric, (threshold_name, words) in METRIC_GATES.items():
+        gate = getattr(thresholds, threshold_name)
+        if metric in metrics and gate is not None and not metrics[metric] >= gate:
+            failures.append(f"{words} {metrics[metric]:.4f} < {gate}")
+    return failures
+
+
+SNR_CEILING_DB = 200.0  # identical outputs: no error power to divide by
+
+
+def snr_db(ref: np.ndarray, cand: np.ndarray) -> float:
+    error = float(((ref - cand) ** 2).sum())
+    signal = float((ref**2).sum())
+    if not np.isfinite(error):
+        return float("-inf")
+    if error == 0:
+        return SNR_CEILING_DB
+    return float(min(SNR_CEILING_DB, 10 * np.log10(max(signal, 1e-300) / error)))
 
 
 # A detector's N x anchors x fields output (4 box coordinates, then scores) is judged field by field too: boxes in
@@ -207,10 +259,6 @@ def cosine_per_sample(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         cosines = np.where(both_zero, np.where(np.abs(ref - cand).max(axis=1) == 0, 1.0, 0.0), dots / norms)
     return np.nan_to_num(cosines, nan=0.0)
-
-
-def _is_class_scores(output: np.ndarray) -> bool:
-    return output.ndim == 2 and output.shape[1] >= 2
 
 
 def _top5_overlap(ref: np.ndarray, cand: np.ndarray) -> float:

@@ -36,6 +36,7 @@ class ExportSpec:
     calibration_samples: int = 120
     timeout_s: float = 1800.0
     thresholds: dict[str, ParityThresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    output_kinds: dict[str, str] = field(default_factory=dict)  # [outputs.NAME] kind = ... (core/output_kinds.py)
 
     @property
     def platform(self) -> str:
@@ -63,11 +64,11 @@ def build_spec(flags: dict, config_path: Path | None = None) -> ExportSpec:
     config = _read_config(config_path) if config_path else {}
     base = config_path.parent if config_path else Path.cwd()
     merged = {**config, **{k: v for k, v in flags.items() if v is not None}}
-    unknown = set(config) - set(SCALAR_KEYS) - set(CONTRACT_KEYS) - {"parity"}
+    unknown = set(config) - set(SCALAR_KEYS) - set(CONTRACT_KEYS) - {"parity", "outputs"}
     if unknown:
         raise InputError(
             f"unknown keys in {config_path}: {', '.join(sorted(unknown))}",
-            hint=f"known keys: {', '.join(SCALAR_KEYS + CONTRACT_KEYS)} and a [parity.<precision>] table",
+            hint=f"known keys: {', '.join(SCALAR_KEYS + CONTRACT_KEYS)}, [parity.<precision>] and [outputs.<name>] tables",
         )
     for key in ("weights", "calib", "val", "labels", "out"):
         if key in config and key not in flags_given(flags) and merged.get(key) not in (None, "builtin"):
@@ -87,7 +88,8 @@ def build_spec(flags: dict, config_path: Path | None = None) -> ExportSpec:
             scalars[key] = Path(scalars[key])
     if "input_shape" not in merged:
         merged["input_shape"] = _default_input_shape(model)
-    return ExportSpec(contract=_contract(merged), thresholds=_thresholds(config.get("parity", {})), **scalars)
+    return ExportSpec(contract=_contract(merged), thresholds=_thresholds(config.get("parity", {})),
+                      output_kinds=_output_kinds(config.get("outputs", {})), **scalars)
 
 
 def flags_given(flags: dict) -> set[str]:
@@ -149,6 +151,18 @@ def _thresholds(parity_table: dict) -> dict[str, ParityThresholds]:
             raise InputError(f"[parity.{precision}] has unknown keys {sorted(overrides)}",
                              hint="allowed keys: cosine, top1_agreement") from None
     return thresholds
+
+
+def _output_kinds(outputs_table: dict) -> dict[str, str]:
+    """[outputs.NAME] kind = "..." -> {NAME: kind}; whether NAME and kind fit the model is checked once the
+    model's outputs are known (core/output_kinds.resolve_kinds)."""
+    kinds = {}
+    for name, table in outputs_table.items():
+        if not isinstance(table, dict) or set(table) != {"kind"}:
+            raise InputError(f"[outputs.{name}] must hold exactly one key, kind",
+                             hint=f'e.g. [outputs.{name}] kind = "class_map"')
+        kinds[name] = str(table["kind"])
+    return kinds
 
 
 def _read_config(path: Path) -> dict:

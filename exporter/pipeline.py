@@ -23,6 +23,7 @@ from core.artifact import (VALIDATION_THREADS, Artifact, ConversionJob, OnnxMode
 from core.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
 from core.manifest import (MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, ConversionRecord, ManifestArtifact,
                            conversion_of, write_json_atomically)
+from core.output_kinds import resolve_kinds
 from core.parity import ParityResult, compare_outputs, mixed_range_fields
 from exporter import onnx_stage
 from exporter.bundle import write_report_and_bundle
@@ -90,6 +91,7 @@ class ExportRun:
     staging: Path  # private to this run, removed at its end; artifacts are built here
     clock: StageClock
     output_names: tuple[str, ...] | None  # a PyTorch model's, as check_model_runs named them; None for ONNX files
+    output_kinds: dict[str, str] = dataclasses.field(default_factory=dict)  # every output's, once the ONNX is read
 
     def log_path(self, stage: str) -> Path:
         return self.model_dir / LOGS_FOLDER / f"{stage}.log"
@@ -127,6 +129,8 @@ def run_export(spec: ExportSpec, clock: StageClock, keep_going: bool = False) ->
 
 def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
     onnx_model, reference, reference_name = _onnx_stage(run)
+    run = dataclasses.replace(run, output_kinds=resolve_kinds(
+        {output.name: output.shape for output in onnx_model.outputs}, run.spec.output_kinds))
     _check_labels(run.labels, reference)
     _note_mixed_ranges(run, reference)
     job = _conversion_job(run, onnx_model)
@@ -313,7 +317,7 @@ def _measure(artifact: Artifact, runner: Runner, reference: Outputs, run: Export
         expected = reference[name].shape if name in reference else values.shape
         if values.shape != expected and _squeezed(values.shape) == _squeezed(expected):
             outputs[name] = values.reshape(expected)
-    return artifact, compare_outputs(reference, outputs, run.spec.thresholds[artifact.precision])
+    return artifact, compare_outputs(reference, outputs, run.spec.thresholds[artifact.precision], run.output_kinds)
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -448,7 +452,7 @@ def _manifest(run: ExportRun, onnx_model, made_from_inputs: dict, reference_name
         "model": {"name": loaded.name, "source": loaded.source, "weights": loaded.weights},
         "input": {**spec.contract.to_manifest(), "name": onnx_model.input_name},
         "output": onnx_model.outputs_to_manifest()[0],  # the first; "outputs" lists every one in order
-        "outputs": onnx_model.outputs_to_manifest(),
+        "outputs": [{**output, "kind": run.output_kinds.get(output["name"])} for output in onnx_model.outputs_to_manifest()],
         "labels": {"path": LABELS_NAME, "count": len(labels)} if labels else None,
         "made_from": made_from_inputs,
         "parity_reference": reference_name,

@@ -123,14 +123,17 @@ def _parity_section(manifest: dict) -> Section:
             Path(artifact["path"]).name, artifact["runtime"], artifact["precision"], artifact["target"],
             f"{artifact.get('total_bytes', artifact['bytes']) / 1e6:.2f} MB", f"{parity['cosine']:.6f}",
             f"{parity['cosine_min']:.6f}", _top1_text(parity),
-            _number(parity.get("top5_overlap"), 3), f"{parity['max_abs']:.2e}", _gate_text(parity["thresholds"]),
+            _number(parity.get("top5_overlap"), 3), f"{parity['max_abs']:.2e}",
+            _gate_text(parity["thresholds"], parity.get("kind", "logits")),
             _conversion_text(artifact), "pass" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"]),
         ))
         for name, each in (parity.get("per_output") or {}).items():  # several outputs: each judged on its own
             rows.append((
-                f"{Path(artifact['path']).name} · output {name}", artifact["runtime"], artifact["precision"],
-                artifact["target"], "", f"{each['cosine']:.6f}", f"{each['cosine_min']:.6f}", _top1_text(each),
-                _number(each.get("top5_overlap"), 3), f"{each['max_abs']:.2e}", _gate_text(each["thresholds"]), "",
+                f"{Path(artifact['path']).name} · output {name} ({each.get('kind') or 'tensor'})", artifact["runtime"],
+                artifact["precision"], artifact["target"], "", f"{each['cosine']:.6f}", f"{each['cosine_min']:.6f}",
+                _top1_text(each) if each.get("top1_agreement") is not None else _metrics_text(each),
+                _number(each.get("top5_overlap"), 3), f"{each['max_abs']:.2e}",
+                _gate_text(each["thresholds"], each.get("kind")), "",
                 "pass" if each["passed"] else "FAIL: " + "; ".join(each["failures"]),
             ))
     header = ("artifact", "runtime", "precision", "platform", "size", "cosine", "min cosine",
@@ -165,6 +168,12 @@ def _top1_text(parity: dict) -> str:
     if top1 is None or interval is None:
         return _number(top1, 3)
     return f"{top1:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
+
+
+def _metrics_text(parity: dict) -> str:
+    """A class map's, heatmap's or boxes' own figures (core/output_kinds.py), for the top-1 column."""
+    metrics = parity.get("metrics") or {}
+    return ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in metrics.items()) or "-"
 
 
 def _top1_change_notes(manifest: dict) -> list[str]:
@@ -283,10 +292,17 @@ def _tools_section(manifest: dict) -> Section:
     return Section("Tool versions", (), (Table(("tool", "version"), rows, "tools"),))
 
 
-def _gate_text(thresholds: dict) -> str:
+# The gate each kind of output adds to cosine (core/output_kinds.py, core/parity.py METRIC_GATES).
+KIND_GATES = {"logits": ("top1_agreement", "top-1"), "class_map": ("pixel_agreement", "pixels"),
+              "heatmap": ("peak_agreement", "peaks"), "boxes": ("box_iou", "box IoU")}
+
+
+def _gate_text(thresholds: dict, kind: str | None = "logits") -> str:
+    """The gate of one output (or of a record of several, kind None: the per-output rows give theirs)."""
     parts = [f"cosine ≥ {thresholds['cosine']}"]
-    if thresholds.get("top1_agreement") is not None:
-        parts.append(f"top-1 ≥ {thresholds['top1_agreement']}")
+    gate = KIND_GATES.get(kind or "")
+    if gate and thresholds.get(gate[0]) is not None:
+        parts.append(f"{gate[1]} ≥ {thresholds[gate[0]]}")
     return ", ".join(parts)
 
 

@@ -197,14 +197,14 @@ def replace_converter(monkeypatch, executable_suffix: str, replacement: Path) ->
     """Run `replacement` wherever the pipeline would start a converter whose argv[0] ends in the suffix."""
     import core.process as process
 
-    real = process.run_contained
+    real = process.spawn_child  # every converter child starts here, alone or side by side
 
-    def substituted(args, **kwargs):
+    def substituted(args, *rest):
         if args[0].endswith(executable_suffix):
             args = [str(replacement), *args[1:]]
-        return real(args, **kwargs)
+        return real(args, *rest)
 
-    monkeypatch.setattr(process, "run_contained", substituted)
+    monkeypatch.setattr(process, "spawn_child", substituted)
 
 
 def disk_full_while_saving_onnx(inputs: Inputs, monkeypatch) -> None:

@@ -12,7 +12,7 @@ from core.errors import InputError
 from core.parity import DEFAULT_THRESHOLDS, compare_outputs, mixed_range_fields
 from tests.helpers import DIGITS_CONTRACT, run_cli
 
-OUTPUTS = [{"name": "scores", "shape": [1, 10]}, {"name": "features", "shape": [1, 32, 4, 4]}]
+OUTPUTS = [{"name": "scores", "shape": [1, 10], "kind": "logits"}, {"name": "features", "shape": [1, 32, 4, 4], "kind": "tensor"}]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,9 @@ def test_a_model_returning_a_dict_exports_to_every_target_with_parity_per_output
         # The artifact's figures are its worst output's.
         assert artifact["parity"]["cosine"] == min(each["cosine"] for each in per_output.values())
         # One score per class: top-1 is judged on the scores; a feature map has no classes.
-        assert per_output["scores"]["top1_agreement"] is not None
-        assert per_output["features"]["top1_agreement"] is None
+        assert per_output["scores"]["top1_agreement"] is not None and per_output["scores"]["kind"] == "logits"
+        assert per_output["features"]["top1_agreement"] is None and per_output["features"]["kind"] == "tensor"
+        assert all(each["snr_db"] > 10 for each in per_output.values()), (runtime, precision)
     with zipfile.ZipFile(model_dir / "bundle.zip") as bundle:
         assert json.loads(bundle.read("input_contract.json"))["outputs"] == OUTPUTS
         kotlin = bundle.read("android/LiteRtClassifier.kt").decode()
@@ -77,14 +78,14 @@ def test_tflite_outputs_are_matched_by_value_and_restored_to_the_onnx_layout(two
     assert LiteRTRunner(path, outputs=as_is).run_outputs(samples)["features"].shape == (2, 4, 4, 32)
 
 
-def test_labels_for_a_model_with_several_outputs_are_refused(user_package, tmp_path):
-    labels = tmp_path / "labels.txt"
-    labels.write_text("\n".join(str(d) for d in range(10)))
-    result = run_cli(["--model", "python:my_pkg.my_mod:build_two_outputs", *DIGITS_CONTRACT, "--labels", str(labels),
-                      "--target", "ncnn", "--out", str(tmp_path / "out")], cwd=user_package)
-    assert result.returncode == 2
-    assert "--labels names the classes of one output, and the model has 2 (scores, features)" in result.stderr
-    assert not (tmp_path / "out" / "build_two_outputs" / "manifest.json").exists()
+def test_labels_for_a_model_with_several_outputs_are_refused():
+    from exporter.pipeline import _check_labels
+
+    reference = {"scores": np.zeros((2, 10)), "features": np.zeros((2, 32, 4, 4))}
+    with pytest.raises(InputError) as error:
+        _check_labels(tuple("0123456789"), reference)
+    assert "--labels names the classes of one output, and the model has 2 (scores, features)" in error.value.message
+    _check_labels(tuple("0123456789"), {"scores": reference["scores"]})  # one output: its classes
 
 
 @pytest.mark.parametrize("returned, names", [
