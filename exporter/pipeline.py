@@ -131,6 +131,7 @@ def _export_into(run: ExportRun, keep_going: bool) -> ExportReport:
     onnx_model, reference, reference_name = _onnx_stage(run)
     run = dataclasses.replace(run, output_kinds=resolve_kinds(
         {output.name: output.shape for output in onnx_model.outputs}, run.spec.output_kinds))
+    _check_finite(reference)
     _check_labels(run.labels, reference)
     _note_mixed_ranges(run, reference)
     job = _conversion_job(run, onnx_model)
@@ -400,6 +401,19 @@ def _check_labels(labels, reference: Outputs) -> None:
             f"the labels file has {len(labels)} names but the model outputs {reference.shape[1]} classes",
             hint="give exactly one label per output class, in class-index order",
         )
+
+
+def _check_finite(reference: Outputs) -> None:
+    """A reference with NaN or Inf cannot judge any artifact (every comparison with it fails or means nothing)."""
+    for name, values in reference.items():
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            raise InputError(
+                f"the model's output {name!r} is NaN or infinite on {int(bad.sum())} of {len(values)} validation "
+                "samples, before any conversion",
+                hint="check the model and its weights in PyTorch on these inputs (a division by zero, a log of 0, "
+                     "an overflow), and that --mean/--std match its training",
+            )
 
 
 def _note_mixed_ranges(run: ExportRun, reference: Outputs) -> None:

@@ -186,11 +186,40 @@ class Inputs:
         (self.user_package / "my_pkg" / f"{name}.py").write_text(source)
         return f"python:my_pkg.{name}:build"
 
+    def config(self, text: str) -> Path:
+        path = self.path("export.toml")
+        path.write_text(text)
+        return path
+
     def fake_converter(self, name: str, script: str) -> Path:
         path = self.path(name)
         path.write_text("#!/bin/sh\n" + script)
         path.chmod(0o755)
         return path
+
+
+NAN_OUTPUT_MODEL = """import torch
+
+
+class Diverged(torch.nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3)) * float("nan")
+
+
+def build():
+    return Diverged()
+"""
+LIST_OUTPUT_MODEL = """import torch
+
+
+class Nested(torch.nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3)), [x.amax((2, 3))]
+
+
+def build():
+    return Nested()
+"""
 
 
 def replace_converter(monkeypatch, executable_suffix: str, replacement: Path) -> None:
@@ -272,6 +301,15 @@ CASES: dict[str, Case] = {
     "pickled checkpoint as weights": Case(
         lambda i: ["--model", "zoo:mobilenet_v2", "--weights", str(i.pickled_module())], 2, "pickled Python objects",
         model_name="mobilenet_v2"),
+    "NaN output": Case(
+        lambda i: ["--model", i.user_module("nan_out", NAN_OUTPUT_MODEL), *DIGITS_CONTRACT, "--calib", str(i.few_photos())],
+        2, "the model's output 'output' is NaN or infinite on", model_name="nan_out"),
+    "an output that is no tensor": Case(
+        lambda i: ["--model", i.user_module("list_out", LIST_OUTPUT_MODEL), *DIGITS_CONTRACT], 2,
+        "the model's outputs output_1 (list) are not tensors", model_name="list_out"),
+    "a kind the output's shape cannot have": Case(
+        lambda i: [*DIGITS, "--calib", str(i.few_photos()), "--config", str(i.config('[outputs.output]\nkind = "class_map"\n'))],
+        2, "output 'output' has shape [1, 10], which a class_map cannot have"),
     "Inf in the weights": Case(lambda i: [*DIGITS, "--weights", str(i.nan_weights())], 2, "contains NaN or Inf"),
     "missing labels file": Case(lambda i: [*DIGITS, "--labels", str(i.path("labels.txt"))], 2,
                                 "labels.txt does not exist"),
