@@ -48,9 +48,10 @@ def build() -> nn.Module:
     return model
 
 
-class DigitsNetTwoOutputs(nn.Module):
-    """The digits model with its last feature map as a second, dense output, returned in a dict as detectors and
-    segmenters return theirs: "scores" (N x 10) and "features" (N x 32 x 4 x 4, NCHW)."""
+class DigitsNetSeveralOutputs(nn.Module):
+    """The digits model with three outputs in a dict, as detectors and segmenters return theirs: "scores" (N x 10),
+    its last feature map "features" (N x 32 x 4 x 4, NCHW), and "detections" (N x 16 x 9): per cell of that map,
+    4 box coordinates in pixels and 5 scores in 0..1 in one tensor, the layout that breaks int8 detectors."""
 
     def __init__(self, net: DigitsNet):
         super().__init__()
@@ -58,8 +59,10 @@ class DigitsNetTwoOutputs(nn.Module):
 
     def forward(self, x):
         features = self.net.features(x)
-        return {"scores": self.net.head(features.mean((2, 3))), "features": features}
+        cells = features.permute(0, 2, 3, 1).reshape(x.shape[0], -1, features.shape[1])
+        detections = torch.cat([16.0 + 8.0 * cells[..., :4], torch.sigmoid(cells[..., 4:9])], dim=-1)
+        return {"scores": self.net.head(features.mean((2, 3))), "features": features, "detections": detections}
 
 
-def build_two_outputs() -> nn.Module:
-    return DigitsNetTwoOutputs(build())
+def build_several_outputs() -> nn.Module:
+    return DigitsNetSeveralOutputs(build())

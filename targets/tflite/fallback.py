@@ -27,6 +27,7 @@ from targets.tflite.quantize import (
     Folds,
     ModelOutputs,
     cross_fitted,
+    float_ops_for,
     model_outputs,
     named,
     output_cosines,
@@ -78,15 +79,16 @@ def search(chosen, steps: FallbackSteps, progress: Callable[[str], None] = log) 
 
 def keep_sensitive_tensors_float(method: str, bias_corrected: bool, chosen: CrossFitted, ready: bytes,
                                  ready_graph: Graph, activations: Activations, folds: Folds, int8_io: bool,
-                                 gate: ParityThresholds) -> tuple[bytes, dict]:
-    """The float fallback of the int8 recipe (targets/tflite/int8.py), judged on cross-fitted calibration scores."""
+                                 gate: ParityThresholds, always_float: tuple[str, ...] = ()) -> tuple[bytes, dict]:
+    """The float fallback of the int8 recipe (targets/tflite/int8.py), judged on cross-fitted calibration scores.
+    `always_float`: tensors the recipe keeps float whatever the search finds (outputs mixing ranges)."""
     ranges = ranges_for(method, ready_graph, activations)
     steps = FallbackSteps(
         check=lambda model: compare_outputs(named(model.reference), named(model.outputs), gate),
         rank=lambda: _rank(Graph(chosen.model), activations, method, folds.samples[1], folds.reference[1]),
         attempt=lambda names: (cross_fitted if bias_corrected else scored)(
-            write_int8(ready, ranges, int8_io, _float_ops(ready_graph, names)), folds),
-        float_ops=lambda names: _float_ops(ready_graph, names),
+            write_int8(ready, ranges, int8_io, float_ops_for(ready_graph, [*always_float, *names])), folds),
+        float_ops=lambda names: float_ops_for(ready_graph, [*always_float, *names]),
     )
     model, record = search(chosen, steps)
     return model.model, {**record, "judged_on": "cross-fitted calibration samples"}
@@ -123,18 +125,6 @@ def _noisiest(graph: Graph, activations: Activations, method: str) -> list[str]:
         ratios.append((noise / max(signal, 1e-30), tensor))
     names = {info.index: info.name for info in graph.tensors}
     return [names[tensor] for _, tensor in sorted(ratios, reverse=True)[:CANDIDATES]]
-
-
-def _float_ops(graph: Graph, tensor_names: list[str]) -> tuple[str, ...]:
-    """The ops that run in float to keep the named tensors float: each tensor's writer and readers, named by
-    their first output as mlir_quantize's denylist wants."""
-    by_name = {info.name: info.index for info in graph.tensors}
-    names = {info.index: info.name for info in graph.tensors}
-    ops = []
-    for name in tensor_names:
-        tensor = by_name[name]
-        ops += [names[op.outputs[0]] for op in graph.ops if tensor in op.outputs or tensor in op.inputs]
-    return tuple(dict.fromkeys(ops))
 
 
 def _scores(result: ParityResult) -> dict:

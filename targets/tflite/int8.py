@@ -40,11 +40,14 @@ from targets.tflite.quantize import (
     ModelOutputs,
     cross_fitted,
     fold_positions,
+    float_ops_for,
     folds_of,
+    mixed_range_outputs,
     per_sample,
     ranges_for,
     scored,
     spread_positions,
+    with_writer_inputs,
     write_int8,
 )
 from targets.tflite.rounding import round_weights, roundable_ops
@@ -90,6 +93,14 @@ def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: boo
     ready, preparation = _rounded(float_model, measured.statistics.hessians, steps)
     record.update(preparation)
     ready_graph = Graph(ready)
+    # An output mixing ranges (boxes and scores in one tensor) cannot share one int8 scale: it stays float, and
+    # so does the op writing it (its inputs keep their own int8 scales).
+    mixed = mixed_range_outputs(ready_graph, measured.reference)
+    kept_float = with_writer_inputs(ready_graph, list(mixed))
+    always_float = float_ops_for(ready_graph, kept_float)
+    if mixed:
+        record["float_outputs"] = [{"tensor": name, "why": why} for name, why in mixed.items()]
+        log(f"int8: keeping {', '.join(mixed)} in float ({'; '.join(mixed.values())})")
     folds = folds_of(calibration_nhwc, measured.reference,
                      measured.statistics.layer_outputs if steps.bias_correction != NEVER else None)
     # First the range method, on the plain int8 models; then bias correction, for that method's model only.
@@ -97,7 +108,7 @@ def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: boo
     plain = {}
     for method in steps.range_methods:
         with phase(f"int8 with {method} ranges, scored on both halves of the calibration photos"):
-            quantized = write_int8(ready, ranges_for(method, ready_graph, measured.activations), int8_io)
+            quantized = write_int8(ready, ranges_for(method, ready_graph, measured.activations), int8_io, always_float)
             plain[method] = (quantized, scored(quantized, folds))
     method_scores = {method: result.cosines for method, (_, result) in plain.items()}
     method = clear_winner(method_scores)
@@ -123,7 +134,7 @@ def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: boo
     if gate is not None:
         model, record["float_fallback"] = keep_sensitive_tensors_float(
             chosen.method, chosen.bias_corrected, chosen.result, ready, ready_graph, measured.activations, folds,
-            int8_io, gate)
+            int8_io, gate, tuple(kept_float))
     return model, record
 
 

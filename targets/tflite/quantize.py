@@ -175,3 +175,44 @@ def _mean_steps(corrections: list[dict]) -> dict:
     tensors = set().union(*corrections)
     return {tensor: np.round(sum(c.get(tensor, 0) for c in corrections) / len(corrections)).astype(np.int64)
             for tensor in tensors}
+
+
+def float_ops_for(graph: Graph, tensor_names: list[str]) -> tuple[str, ...]:
+    """The ops that run in float to keep the named tensors float: each tensor's writer and readers, named by
+    their first output as mlir_quantize's denylist wants."""
+    by_name = {info.name: info.index for info in graph.tensors}
+    names = {info.index: info.name for info in graph.tensors}
+    ops = []
+    for name in tensor_names:
+        tensor = by_name[name]
+        ops += [names[op.outputs[0]] for op in graph.ops if tensor in op.outputs or tensor in op.inputs]
+    return tuple(dict.fromkeys(ops))
+
+
+def with_writer_inputs(graph: Graph, tensor_names: list[str]) -> list[str]:
+    """The tensors and the activations their writing ops read: kept float together, the op that joins them (the
+    CONCATENATION of boxes and scores) gets inputs at their own int8 scales, not requantized to one shared scale
+    (the quantizer gives a concatenation's inputs its output's scale)."""
+    by_name = {info.name: info.index for info in graph.tensors}
+    found = list(tensor_names)
+    for name in tensor_names:
+        writer = next(op for op in graph.ops if by_name[name] in op.outputs)
+        found += [graph.tensors[index].name for index in writer.inputs
+                  if index >= 0 and graph.tensors[index].constant is None]
+    return list(dict.fromkeys(found))
+
+
+def mixed_range_outputs(graph: Graph, reference: ModelOutputs) -> dict[str, str]:
+    """{output tensor: why} for the graph's outputs whose fields (last axis of N x anchors x fields) are too far
+    apart for one int8 scale (core.parity.mixed_range_fields): boxes in pixels next to scores in 0..1."""
+    from core.parity import MIXED_RANGE_STEPS, mixed_range_fields
+
+    found = {}
+    for tensor, values in zip(graph.outputs, reference):
+        mixed = mixed_range_fields(values)
+        if mixed is not None:
+            field, spread, step = mixed
+            found[graph.tensors[tensor].name] = (f"field {field} of its last axis spreads {spread:.3g}, less than "
+                                                 f"{MIXED_RANGE_STEPS} steps ({step:.3g}) of one int8 scale over the "
+                                                 "whole tensor: kept in float")
+    return found
