@@ -130,6 +130,11 @@ def outputs_of(runner: Runner, batch_nchw: np.ndarray, output_names: tuple[str, 
     return {output_names[0]: runner.run(batch_nchw)}
 
 
+def every_output_call(runner: Runner):
+    """The runner's call computing every output of its artifact: what one frame costs in an app."""
+    return runner.run_outputs if hasattr(runner, "run_outputs") else runner.run
+
+
 def only_output(outputs: Outputs) -> np.ndarray:
     if len(outputs) != 1:
         raise ValueError(f"the model has {len(outputs)} outputs ({', '.join(outputs)}); read them by name")

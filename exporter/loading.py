@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.artifact import Artifact, Runner
+from core.artifact import Artifact, Runner, every_output_call
 from core.errors import ConverterError, InputError, MobileExportError
 
 # A load and one inference of a mobile model take seconds; far longer means the runtime is stuck.
@@ -86,9 +86,7 @@ def _child_main(request_path: Path) -> None:
     artifact = Artifact(path=Path(request["path"]), runtime=request["runtime"], precision=request["precision"],
                         companions=tuple(Path(p) for p in request["companions"]), details=request["details"])
     try:
-        runner = open_runner(artifact)
-        (runner.run_outputs if hasattr(runner, "run_outputs") else runner.run)(
-            np.zeros(request["input_shape"], dtype=np.float32))
+        every_output_call(open_runner(artifact))(np.zeros(request["input_shape"], dtype=np.float32))
     except MobileExportError as error:
         report = {"exit_code": error.exit_code, "message": error.message, "hint": error.hint}
         (request_path.parent / REPORT_NAME).write_text(json.dumps(report))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.artifact import Artifact
+from core.artifact import Artifact, every_output_call
 from core.errors import ConverterError
 from core.process import python_path_for_child
 from targets import REGISTRY, get_target
@@ -186,7 +186,8 @@ def _measure_here(request: MeasureRequest, progress: "_ProgressLine") -> HostMea
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     runner, settings = target.timing_runner(request.artifact(), request.threads)
     sample = np.random.default_rng(0).standard_normal(request.input_shape).astype(np.float32)
-    timings, warmup_runs, stable, seconds = time_runs(lambda: runner.run(sample), request.rule, progress)
+    run_frame = every_output_call(runner)
+    timings, warmup_runs, stable, seconds = time_runs(lambda: run_frame(sample), request.rule, progress)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     p50, p90, p99 = (float(v) for v in np.percentile(timings, PERCENTILES))
     return HostMeasurement(

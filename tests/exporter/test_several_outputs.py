@@ -64,8 +64,9 @@ def test_a_model_returning_a_dict_exports_to_every_target_with_parity_per_output
 
 def test_boxes_and_scores_in_one_output_keep_their_own_int8_scales_in_the_tflite_model(several_outputs_export):
     """"detections" holds box coordinates (spread 8 px) and scores (spread 0.2) in one tensor: one int8 scale over
-    it would have steps of 0.33, and its score fields correlate 0.906 with the float model's (measured with the handling removed). The
-    recipe keeps the op joining them in float, each input at its own scale, and every field passes."""
+    it would have steps of 0.33, and its score fields correlate 0.906 with the float model's (measured with the
+    handling removed). The recipe keeps the op joining them in float, each input at its own scale, and every field
+    passes."""
     _, model_dir = several_outputs_export
     manifest = json.loads((model_dir / "manifest.json").read_text())
     int8 = next(a for a in manifest["artifacts"] if a["runtime"] == "tflite" and a["precision"] == "int8")
