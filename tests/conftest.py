@@ -111,3 +111,14 @@ def ios_export(digits_android_export, digit_photo_folder, user_package, tmp_path
         cwd=user_package,
     )
     return result, model_dir
+
+
+@pytest.fixture(scope="session")
+def several_outputs_export(user_package, digit_photo_folder, tmp_path_factory):
+    """The trained digits model returning {"scores", "features", "detections"} (tests/user_model_template.py),
+    exported with --target all, in the README's "your own model" form, once per session: (the CLI's
+    CompletedProcess, OUT/build_several_outputs)."""
+    out = tmp_path_factory.mktemp("several_outputs")
+    result = run_cli(["--model", "python:my_pkg.my_mod:build_several_outputs", *DIGITS_CONTRACT, "--calib",
+                      str(digit_photo_folder), "--target", "all", "--out", str(out)], cwd=user_package)
+    return result, out / "build_several_outputs"

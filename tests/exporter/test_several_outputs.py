@@ -10,23 +10,11 @@ import pytest
 
 from core.errors import InputError
 from core.parity import DEFAULT_THRESHOLDS, compare_outputs, mixed_range_fields
-from tests.helpers import DIGITS_CONTRACT, run_cli
 
 OUTPUTS = [{"name": "scores", "shape": [1, 10], "kind": "logits"},
            {"name": "features", "shape": [1, 32, 4, 4], "kind": "tensor"},
            {"name": "detections", "shape": [1, 16, 9], "kind": "tensor"}]
 NAMES = [output["name"] for output in OUTPUTS]
-
-
-@pytest.fixture(scope="module")
-def several_outputs_export(user_package, digit_photo_folder, tmp_path_factory):
-    """The trained digits model returning {"scores", "features", "detections"} (tests/user_model_template.py),
-    exported with --target all, in the README's "your own model" form: (the CLI's CompletedProcess,
-    OUT/build_several_outputs)."""
-    out = tmp_path_factory.mktemp("several_outputs")
-    result = run_cli(["--model", "python:my_pkg.my_mod:build_several_outputs", *DIGITS_CONTRACT, "--calib",
-                      str(digit_photo_folder), "--target", "all", "--out", str(out)], cwd=user_package)
-    return result, out / "build_several_outputs"
 
 
 def test_a_model_returning_a_dict_exports_to_every_target_with_parity_per_output(several_outputs_export):

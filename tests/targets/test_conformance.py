@@ -1,6 +1,7 @@
-"""One conformance test over the whole target registry: every runtime's artifacts of the digits model were
-converted by its target, and through the target's own interface they load, run, pass parity, read back for
-explain, time on this host and write their integration snippet.
+"""One conformance test over the whole target registry: every runtime's artifacts of the digits model (and of
+its three-output form) were converted by its target, and through the target's own interface they load, run
+(every output, by name), pass parity, read back for explain, time on this host and write their integration
+snippet.
 
 A capability a runtime does not offer is listed in KNOWN_EXCEPTIONS with why; anything else must work. A new
 runtime gets this test for free: registering it is enough to be checked.
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from core.manifest import read_manifest
-from core.parity import DEFAULT_THRESHOLDS, compare
+from core.artifact import every_output_call, outputs_of
+from core.parity import DEFAULT_THRESHOLDS, compare_outputs
 from core.target import NotOnThisHost
 from graph.explain_ops import WEIGHTED_KINDS
 from targets import REGISTRY, interchange_target
@@ -33,10 +35,17 @@ def _expects(target: str, capability: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def exports(digits_android_export, ios_export):
-    """Every registered runtime's artifacts of the digits model: android and ios exports together."""
+def exports(digits_android_export, ios_export, several_outputs_export):
+    """Every registered runtime's artifacts of the digits model (android and ios exports together), and of the
+    digits model with three outputs (--target all)."""
     _, ios_dir = ios_export
-    return [read_manifest(digits_android_export), read_manifest(ios_dir)]
+    result, several_dir = several_outputs_export
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [read_manifest(digits_android_export), read_manifest(ios_dir), read_manifest(several_dir)]
+
+
+def _output_names(manifest) -> tuple[str, ...]:
+    return tuple(output["name"] for output in manifest.raw.get("outputs") or [manifest.output])
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +76,12 @@ def test_every_artifact_loads_and_runs_within_its_parity_gate(exports, samples, 
     target, reference_target = REGISTRY[name], interchange_target()
     for manifest, entry in _entries(exports, name):
         reference_entry = manifest.of_runtime(reference_target.name)[0]
-        reference = reference_target.load(reference_entry.artifact(manifest.folder)).run(samples)
-        outputs = target.load(entry.artifact(manifest.folder)).run(samples)
-        parity = compare(reference, outputs.reshape(reference.shape), DEFAULT_THRESHOLDS[entry.precision])
+        names = _output_names(manifest)
+        reference = outputs_of(reference_target.load(reference_entry.artifact(manifest.folder)), samples, names)
+        outputs = outputs_of(target.load(entry.artifact(manifest.folder)), samples, names)
+        assert list(outputs) == list(names), f"{entry.name} gives its outputs as {list(outputs)}"
+        outputs = {name: values.reshape(reference[name].shape) for name, values in outputs.items()}
+        parity = compare_outputs(reference, outputs, DEFAULT_THRESHOLDS[entry.precision])
         assert parity.passed, f"{entry.name}: {parity.failures}"
 
 
@@ -112,9 +124,12 @@ def test_every_runtime_times_on_this_host_or_says_why_not(exports, samples, name
             target.timing_runner(entry.artifact(manifest.folder), threads=1)
         return
     assert target.why_not_timed_here() is None
-    runner, settings = target.timing_runner(entry.artifact(manifest.folder), threads=1)
-    assert settings
-    assert np.isfinite(runner.run(samples[: manifest.input_shape[0]])).all()
+    for manifest, entry in _entries(exports, name):  # models with one output and with several
+        runner, settings = target.timing_runner(entry.artifact(manifest.folder), threads=1)
+        assert settings
+        result = every_output_call(runner)(samples[: manifest.input_shape[0]])
+        values = result.values() if isinstance(result, dict) else [result]
+        assert all(np.isfinite(value).all() for value in values)
 
 
 def test_the_exception_table_names_only_registered_targets():
