@@ -96,7 +96,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         mean_abs=max(result.mean_abs for _, result in results),
         cosine=worst.cosine,
         cosine_min=min(result.cosine_min for _, result in results),
-        snr_db=min(result.snr_db for _, result in results),
+        snr_db=min((result.snr_db for _, result in results if result.snr_db is not None), default=None),
         top1_agreement=None,
         top5_overlap=None,
         thresholds=thresholds,

@@ -143,13 +143,15 @@ def _thresholds(parity_table: dict) -> dict[str, ParityThresholds]:
         if precision not in thresholds or not isinstance(overrides, dict):
             raise InputError(
                 f"[parity.{precision}] is not a known precision table",
-                hint=f"use [parity.fp32], [parity.fp16] or [parity.int8] with cosine / top1_agreement keys",
+                hint="use [parity.fp32], [parity.fp16] or [parity.int8] with cosine, top1_agreement, "
+                     "pixel_agreement, peak_agreement or box_iou keys",
             )
         try:
             thresholds[precision] = replace(thresholds[precision], **overrides)
         except TypeError:
             raise InputError(f"[parity.{precision}] has unknown keys {sorted(overrides)}",
-                             hint="allowed keys: cosine, top1_agreement") from None
+                             hint="allowed keys: cosine, top1_agreement, pixel_agreement, peak_agreement, "
+                                  "box_iou") from None
     return thresholds
 
 
