@@ -74,6 +74,17 @@ class LayerError:
 
 
 @dataclass(frozen=True)
+class OutputError:
+    """Where one of the model's outputs gets its error: the compared layer nearest above it and the jump rule
+    over the layers it reads (a model with several outputs can lose one in its own head)."""
+
+    output: str  # the ONNX output's name
+    layer: int | None  # depth of the nearest compared layer above it (its relative error is the output's)
+    relative_error: float | None
+    jump_depth: int | None  # the jump rule over the compared layers this output reads
+
+
+@dataclass(frozen=True)
 class ExplainReport:
     artifact: str  # file name
     runtime: str
@@ -84,6 +95,7 @@ class ExplainReport:
     jump_depth: int | None  # the layer the jump rule marks
     unmatched: tuple[str, ...]  # "ONNX layer: why"
     notes: tuple[str, ...] = ()
+    outputs: tuple[OutputError, ...] = ()  # one per output of the model, in its order
     rule: str = (f"the first layer whose increase in relative error over its input is at least "
                  f"{JUMP_SHARE:.0%} of the largest increase (none when no layer adds {JUMP_FLOOR:g})")
 
@@ -119,8 +131,42 @@ def explain_artifact(manifest: ExportManifest, entry: ManifestArtifact, validati
     return ExplainReport(
         artifact=entry.name, runtime=entry.runtime, precision=entry.precision,
         reference=reference_text, samples=len(samples), layers=layers, jump_depth=jump_depth(layers),
-        unmatched=tuple(unmatched + dropped), notes=tuple(notes),
+        unmatched=tuple(unmatched + dropped), notes=tuple(notes), outputs=output_errors(reference, layers),
     )
+
+
+def output_errors(reference_model, layers: tuple[LayerError, ...]) -> tuple[OutputError, ...]:
+    """Per output of the ONNX model: the nearest compared layer above it, and where the jump rule puts the
+    error among the compared layers it reads."""
+    graph = OnnxGraph(reference_model)
+    by_tensor = {layer.onnx_tensor: layer for layer in layers}
+    upstream = _Upstream(graph, set(by_tensor))
+    found = []
+    for output in (value.name for value in reference_model.graph.output):
+        nearest = sorted((by_tensor[name] for name in upstream.tensor(output)), key=lambda layer: layer.depth)
+        if not nearest:
+            found.append(OutputError(output, None, None, None))
+            continue
+        feeding = _feeding_layers(nearest, by_tensor, upstream)
+        jump = jump_depth(feeding)
+        found.append(OutputError(output, nearest[-1].depth, nearest[-1].relative_error,
+                                 None if jump is None else feeding[jump].depth))
+    return tuple(found)
+
+
+def _feeding_layers(nearest: list[LayerError], by_tensor: dict[str, LayerError], upstream) -> tuple[LayerError, ...]:
+    """Every compared layer an output reads, directly or through others, in graph order."""
+    seen: dict[int, LayerError] = {}
+    stack = list(nearest)
+    while stack:
+        layer = stack.pop()
+        if layer.depth in seen:
+            continue
+        seen[layer.depth] = layer
+        producer = upstream.graph.producers.get(layer.onnx_tensor)
+        inputs = upstream.of_node(producer) if producer is not None else set()
+        stack += [by_tensor[name] for name in inputs if name in by_tensor]
+    return tuple(layer for _, layer in sorted(seen.items()))
 
 
 def jump_depth(layers: tuple[LayerError, ...]) -> int | None:
@@ -385,23 +431,26 @@ class _Upstream:
     """The compared tensors nearest above a layer in the ONNX graph: where its input error comes from."""
 
     def __init__(self, graph: OnnxGraph, compared: set[str]):
-        self._graph, self._compared, self._memo = graph, compared, {}
+        self.graph, self._compared, self._memo = graph, compared, {}
 
     def of_layer(self, pair: LayerPair) -> set[str]:
-        if not pair.onnx_nodes:
-            return set()
+        return self.of_node(pair.onnx_nodes[0]) if pair.onnx_nodes else set()
+
+    def of_node(self, node) -> set[str]:
+        """The compared tensors nearest above the node's data inputs."""
         found: set[str] = set()
-        for name in self._graph.data_inputs(pair.onnx_nodes[0]):
-            found |= self._of_tensor(name)
+        for name in self.graph.data_inputs(node):
+            found |= self.tensor(name)
         return found
 
-    def _of_tensor(self, name: str) -> set[str]:
+    def tensor(self, name: str) -> set[str]:
+        """The tensor itself when it is compared, else the compared tensors nearest above it."""
         if name in self._compared:
             return {name}
         if name not in self._memo:
-            producer = self._graph.producers.get(name)
+            producer = self.graph.producers.get(name)
             found: set[str] = set()
-            for upper in self._graph.data_inputs(producer) if producer is not None else ():
-                found |= self._of_tensor(upper)
+            for upper in self.graph.data_inputs(producer) if producer is not None else ():
+                found |= self.tensor(upper)
             self._memo[name] = found
         return self._memo[name]

@@ -83,6 +83,9 @@ def table_lines(report) -> list[str]:
             f"error enters at layer {jump.depth}: {jump.onnx_layer} ({jump.onnx_op}, {jump.artifact_op} in the "
             f"artifact): relative error {jump.input_relative_error:.4f} at its input -> {jump.relative_error:.4f}"
         )
+    if len(report.outputs) > 1:
+        for output in report.outputs:
+            lines.append(_output_line(report, output))
     lines.append(f"marked (>>): {report.rule}")
     lines.append("columns: rel.err = |artifact - onnx| / |onnx| over all samples; added = rel.err - its input's; "
                  "growth = rel.err / its input's; w.err = the same for the layer's weights")
@@ -91,6 +94,14 @@ def table_lines(report) -> list[str]:
     for note in report.notes:
         lines.append(f"note: {note}")
     return lines
+
+
+def _output_line(report, output) -> str:
+    if output.layer is None:
+        return f"output {output.output}: no compared layer above it"
+    where = ("no layer above it adds 0.001" if output.jump_depth is None else
+             f"its error enters at layer {output.jump_depth} ({report.layers[output.jump_depth].onnx_layer})")
+    return f"output {output.output}: relative error {output.relative_error:.4f} (layer {output.layer}); {where}"
 
 
 def _short(name: str, width: int) -> str:

@@ -154,3 +154,33 @@ def test_photos_given_with_val_are_what_explain_compares_on(digit_photo_folder):
     given = explain_samples(data, contract, None, str(digit_photo_folder))
     assert len(held_out) == 10 * (photo_count // 4)  # every 4th photo was held out of calibration
     assert len(given) == 10 * photo_count
+
+
+def test_explain_says_per_output_where_each_output_gets_its_error(several_outputs_export, tmp_path):
+    """The three-output digits model with its class head (the only FULLY_CONNECTED op) broken in the int8
+    artifact: "scores" gets its error at that head; "features", which the head does not feed, does not."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    _, export = several_outputs_export
+    model_dir = tmp_path / export.name
+    shutil.copytree(export, model_dir)
+    int8 = model_dir / f"{export.name}_int8.tflite"
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(int8.read_bytes(), 0))
+    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
+    weighted = [codes[op.opcodeIndex] for op in model.subgraphs[0].operators
+                if codes[op.opcodeIndex] in {getattr(schema.BuiltinOperator, name) for name in WEIGHTED_TFLITE_OPS}]
+    break_weighted_op(int8, weighted.index(schema.BuiltinOperator.FULLY_CONNECTED), "weights")
+
+    result = CliRunner().invoke(main, ["explain", str(model_dir), "--artifact", "int8",
+                                       "--samples", "10"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((model_dir / f"{export.name}_int8.explain.json").read_text())
+    outputs = {output["output"]: output for output in report["outputs"]}
+    assert list(outputs) == ["scores", "features", "detections"]
+    layers = report["layers"]
+    scores, features = outputs["scores"], outputs["features"]
+    assert layers[scores["layer"]]["onnx_op"] == "Gemm" and layers[scores["jump_depth"]]["onnx_op"] == "Gemm"
+    assert scores["relative_error"] > 0.5  # negated weights: the scores are wrong
+    assert features["jump_depth"] is None or layers[features["jump_depth"]]["onnx_op"] != "Gemm"
+    assert features["relative_error"] < 0.1
+    assert "output scores: relative error" in result.output
