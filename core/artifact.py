@@ -121,18 +121,37 @@ class OutputsRunner:
 
 def outputs_of(runner: Runner, batch_nchw: np.ndarray, output_names: tuple[str, ...]) -> Outputs:
     """Every output of the runner's artifact by name: run_outputs where the runner has it, else its one `run`."""
-    if hasattr(runner, "run_outputs"):
-        return runner.run_outputs(batch_nchw)
-    if len(output_names) != 1:
+    if not hasattr(runner, "run_outputs") and len(output_names) != 1:
         raise ConverterError(f"this runtime's runner reads one output and the model has {len(output_names)} "
                              f"({', '.join(output_names)})",
                              hint="export the model to another --target, or give the runner run_outputs()")
-    return {output_names[0]: runner.run(batch_nchw)}
+    result = every_output_call(runner)(batch_nchw)
+    return result if isinstance(result, dict) else {output_names[0]: result}
 
 
 def every_output_call(runner: Runner):
     """The runner's call computing every output of its artifact: what one frame costs in an app."""
     return runner.run_outputs if hasattr(runner, "run_outputs") else runner.run
+
+
+def returned_values(result) -> tuple:
+    """What a model's forward() returned, as its outputs in order: a tensor alone, a tuple's or list's items, a
+    dict's values (the order the export names them in)."""
+    if isinstance(result, dict):
+        return tuple(result.values())
+    if isinstance(result, (tuple, list)):
+        return tuple(result)
+    return (result,)
+
+
+def to_onnx_shape(values: np.ndarray, onnx_shape: tuple[int, ...]) -> np.ndarray | None:
+    """A runtime's tensor (already in the ONNX layout) in the ONNX tensor's shape: as it is, or reshaped when only
+    unit axes differ (runtimes keep or drop them: N x 1000 x 1 x 1 vs N x 1000); None when more differs."""
+    if values.shape == tuple(onnx_shape):
+        return values
+    if tuple(d for d in values.shape if d != 1) == tuple(d for d in onnx_shape if d != 1):
+        return values.reshape(onnx_shape)
+    return None
 
 
 def only_output(outputs: Outputs) -> np.ndarray:

@@ -22,6 +22,10 @@ KINDS = {
 }
 
 
+# The figure of each kind its gate reads; a ParityThresholds field of the same name holds the gate.
+GATED_FIGURE = {LOGITS: "top1_agreement", CLASS_MAP: "pixel_agreement", HEATMAP: "peak_agreement", BOXES: "box_iou"}
+
+
 def inferred_kind(shape: tuple[int, ...]) -> str:
     return LOGITS if len(shape) == 2 and shape[1] >= 2 else TENSOR
 

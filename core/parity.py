@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from core.output_kinds import LOGITS, inferred_kind, kind_metrics
+from core.output_kinds import GATED_FIGURE, LOGITS, inferred_kind, kind_metrics
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
     if not cosines.mean() >= thresholds.cosine:
         failures.append(f"cosine {cosines.mean():.6f} < {thresholds.cosine}")
     failures += _record_field_failures(reference, candidate, thresholds)
-    failures += _metric_failures(metrics, thresholds)
+    failures += _metric_failures(kind, metrics, thresholds)
     if thresholds.top1_agreement is not None and top1 is not None and top1 < thresholds.top1_agreement:
         # The count, because near the gate three decimals round a failure up to it ("0.950 < 0.95").
         failures.append(f"top-1 agreement {top1:.4f} ({agreeing} of {samples} samples) < {thresholds.top1_agreement}")
@@ -163,19 +163,17 @@ def compare(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThre
     )
 
 
-# A kind's figure -> the threshold that gates it and how a failure names it.
-METRIC_GATES = {"pixel_agreement": ("pixel_agreement", "pixel agreement"),
-                "peak_agreement": ("peak_agreement", "keypoint peak agreement"),
-                "box_iou": ("box_iou", "mean box IoU")}
+# How a failure names a kind's gated figure (core/output_kinds.GATED_FIGURE); top-1 has its own, with counts.
+FIGURE_WORDS = {"pixel_agreement": "pixel agreement", "peak_agreement": "keypoint peak agreement",
+                "box_iou": "mean box IoU"}
 
 
-def _metric_failures(metrics: dict[str, float], thresholds: ParityThresholds) -> list[str]:
-    failures = []
-    for metric, (threshold_name, words) in METRIC_GATES.items():
-        gate = getattr(thresholds, threshold_name)
-        if metric in metrics and gate is not None and not metrics[metric] >= gate:
-            failures.append(f"{words} {metrics[metric]:.4f} < {gate}")
-    return failures
+def _metric_failures(kind: str, metrics: dict[str, float], thresholds: ParityThresholds) -> list[str]:
+    figure = GATED_FIGURE.get(kind)
+    gate = getattr(thresholds, figure) if figure in metrics else None
+    if gate is None or metrics[figure] >= gate:
+        return []
+    return [f"{FIGURE_WORDS[figure]} {metrics[figure]:.4f} < {gate}"]
 
 
 SNR_CEILING_DB = 200.0  # identical outputs: no error power to divide by
@@ -197,8 +195,13 @@ def snr_db(ref: np.ndarray, cand: np.ndarray) -> float:
 MAX_RECORD_FIELDS = 128
 
 
+def _is_record(output: np.ndarray) -> bool:
+    """N x anchors x fields, with a few fields on the last axis."""
+    return output.ndim == 3 and 2 <= output.shape[-1] <= MAX_RECORD_FIELDS
+
+
 def _record_field_failures(reference: np.ndarray, candidate: np.ndarray, thresholds: ParityThresholds) -> list[str]:
-    if reference.ndim != 3 or not 2 <= reference.shape[-1] <= MAX_RECORD_FIELDS:
+    if not _is_record(reference):
         return []
     fields = reference.shape[-1]
     ref = reference.reshape(-1, fields).T.astype(np.float64)
@@ -224,7 +227,7 @@ MIXED_RANGE_STEPS = 4
 def mixed_range_fields(output: np.ndarray) -> tuple[int, float, float] | None:
     """For an N x anchors x fields output whose narrowest field spreads (std) less than MIXED_RANGE_STEPS int8 steps
     of the whole tensor's range (one scale for every field): (that field, its spread, the step); else None."""
-    if output.ndim != 3 or not 2 <= output.shape[-1] <= MAX_RECORD_FIELDS:
+    if not _is_record(output):
         return None
     fields = output.reshape(-1, output.shape[-1]).astype(np.float64)
     spread = fields.std(axis=0)

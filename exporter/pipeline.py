@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from core.artifact import (VALIDATION_THREADS, Artifact, ConversionJob, OnnxModel, Outputs, Runner, outputs_of,
-                           run_in_chunks)
+                           returned_values, run_in_chunks, to_onnx_shape)
 from core.errors import ConverterError, InputError, MobileExportError, disk_full_cause, disk_full_error
 from core.manifest import (MANIFEST_NAME, SCHEMA_VERSION, ArtifactRecord, ConversionRecord, ManifestArtifact,
                            conversion_of, write_json_atomically)
@@ -297,9 +297,7 @@ def _torch_outputs(module, samples: np.ndarray, model_batch: int, names: tuple[s
     import torch
 
     def run_fixed_batch(batch: np.ndarray) -> Outputs:
-        result = module(torch.from_numpy(batch))
-        values = (result,) if isinstance(result, torch.Tensor) else tuple(
-            result.values() if isinstance(result, dict) else result)
+        values = returned_values(module(torch.from_numpy(batch)))
         return {name: value.detach().float().numpy() for name, value in zip(names, values, strict=True)}
 
     threads = torch.get_num_threads()
@@ -313,16 +311,13 @@ def _torch_outputs(module, samples: np.ndarray, model_batch: int, names: tuple[s
 
 def _measure(artifact: Artifact, runner: Runner, reference: Outputs, run: ExportRun):
     outputs = outputs_of(runner, run.datasets.validation, tuple(reference))
-    # Runtimes may keep or drop unit axes (N x 1000 x 1 x 1 vs N x 1000); layouts are the runner's job.
+    # Runtimes may keep or drop unit axes; layouts are the runner's job. A shape that differs in more is left for
+    # the comparison to report.
     for name, values in outputs.items():
-        expected = reference[name].shape if name in reference else values.shape
-        if values.shape != expected and _squeezed(values.shape) == _squeezed(expected):
-            outputs[name] = values.reshape(expected)
+        if name in reference:
+            reshaped = to_onnx_shape(values, reference[name].shape)
+            outputs[name] = values if reshaped is None else reshaped
     return artifact, compare_outputs(reference, outputs, run.spec.thresholds[artifact.precision], run.output_kinds)
-
-
-def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(d for d in shape if d != 1)
 
 
 def _published(publisher: Publisher, artifact: Artifact, run: ExportRun) -> Artifact:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.artifact import to_onnx_shape
 from core.errors import InputError
 from core.manifest import ExportManifest, ManifestArtifact
 from graph.explain_ops import PASS_THROUGH, ArtifactOp
@@ -386,7 +387,7 @@ def _measure(reference_model, artifact, pairs: list[LayerPair], samples: np.ndar
         values = artifact.run(samples[start : start + batch], [pair.artifact_tensor for pair in pairs])
         for position in list(kept):
             pair = pairs[position]
-            aligned = to_onnx_layout(values[pair.artifact_tensor], reference[pair.onnx_tensor].shape)
+            aligned = to_onnx_shape(values[pair.artifact_tensor], reference[pair.onnx_tensor].shape)
             if aligned is None:
                 kept.remove(position)
                 dropped.append(f"{pair.onnx_layer} ({pair.onnx_op}): artifact tensor shape "
@@ -415,16 +416,6 @@ def _measure(reference_model, artifact, pairs: list[LayerPair], samples: np.ndar
 def _onnx_batch(model) -> int:
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     return dim.dim_value if dim.dim_value > 0 else 1
-
-
-def to_onnx_layout(artifact: np.ndarray, onnx_shape: tuple[int, ...]) -> np.ndarray | None:
-    """An artifact tensor (already NCHW) in the ONNX tensor's shape: as it is, or with unit axes dropped."""
-    if artifact.shape == tuple(onnx_shape):
-        return artifact
-    squeezed = tuple(d for d in artifact.shape if d != 1)
-    if squeezed == tuple(d for d in onnx_shape if d != 1):
-        return artifact.reshape(onnx_shape)
-    return None
 
 
 class _Upstream:

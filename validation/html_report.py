@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.manifest import conversion_of, read_manifest
+from core.output_kinds import GATED_FIGURE
 from validation.fps_gate import BENCH_NAME
 
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
@@ -292,17 +293,17 @@ def _tools_section(manifest: dict) -> Section:
     return Section("Tool versions", (), (Table(("tool", "version"), rows, "tools"),))
 
 
-# The gate each kind of output adds to cosine (core/output_kinds.py, core/parity.py METRIC_GATES).
-KIND_GATES = {"logits": ("top1_agreement", "top-1"), "class_map": ("pixel_agreement", "pixels"),
-              "heatmap": ("peak_agreement", "peaks"), "boxes": ("box_iou", "box IoU")}
+# How the gate table names the figure each kind of output is gated on besides cosine (core.output_kinds.GATED_FIGURE).
+FIGURE_LABELS = {"top1_agreement": "top-1", "pixel_agreement": "pixels", "peak_agreement": "peaks",
+                 "box_iou": "box IoU"}
 
 
 def _gate_text(thresholds: dict, kind: str | None = "logits") -> str:
     """The gate of one output (or of a record of several, kind None: the per-output rows give theirs)."""
     parts = [f"cosine ≥ {thresholds['cosine']}"]
-    gate = KIND_GATES.get(kind or "")
-    if gate and thresholds.get(gate[0]) is not None:
-        parts.append(f"{gate[1]} ≥ {thresholds[gate[0]]}")
+    figure = GATED_FIGURE.get(kind or "")
+    if figure and thresholds.get(figure) is not None:
+        parts.append(f"{FIGURE_LABELS[figure]} ≥ {thresholds[figure]}")
     return ", ".join(parts)
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from core.artifact import Artifact, ConversionJob
+from core.artifact import Artifact, ConversionJob, returned_values
 from core.capture import output_to
 from core.contract import InputContract
 from core.errors import ConverterError
@@ -181,8 +181,7 @@ def _as_tuple_outputs(module):
             self.model = module
 
         def forward(self, x):
-            result = self.model(x)
-            return tuple(result.values()) if isinstance(result, dict) else tuple(result)
+            return returned_values(self.model(x))
 
     return TupleOutputs().eval()
 

@@ -34,18 +34,19 @@ class NcnnTarget(Target):
         return convert(job, self.runtime)
 
     def load(self, artifact: Artifact):
-        from targets.ncnn.runner import NcnnRunner
+        from targets.ncnn.runner import NcnnRunner, recorded_blobs
 
-        return NcnnRunner(artifact.path, artifact.companions[0], artifact.precision, outputs=blobs_of(artifact))
+        return NcnnRunner(artifact.path, artifact.companions[0], artifact.precision,
+                          outputs=recorded_blobs(artifact.details))
 
     def tool_versions(self) -> dict[str, str]:
         return {"pnnx": metadata.version("pnnx"), "ncnn": metadata.version("ncnn")}
 
     def timing_runner(self, artifact: Artifact, threads: int):
-        from targets.ncnn.runner import NcnnRunner
+        from targets.ncnn.runner import NcnnRunner, recorded_blobs
 
         runner = NcnnRunner(artifact.path, artifact.companions[0], artifact.precision, threads=threads,
-                            outputs=blobs_of(artifact))
+                            outputs=recorded_blobs(artifact.details))
         return runner, {key: getattr(runner.options, key) for key in TIMING_OPTIONS}
 
     explainable = True
@@ -65,7 +66,3 @@ class NcnnTarget(Target):
 
         return run_benchncnn(run)
 
-
-def blobs_of(artifact: Artifact) -> dict[str, str]:
-    """{output name: ncnn blob}; exports before several outputs were supported recorded one "output_blob"."""
-    return artifact.details.get("output_blobs") or {"output": artifact.details.get("output_blob", "out0")}

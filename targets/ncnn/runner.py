@@ -42,6 +42,12 @@ def output_blobs(summary: Endpoints, output_names: tuple[str, ...]) -> dict[str,
     return dict(zip(output_names, numbered))
 
 
+def recorded_blobs(details: dict) -> dict[str, str]:
+    """{output name: ncnn blob} as an artifact's details record it; exports before several outputs were supported
+    recorded one "output_blob"."""
+    return details.get("output_blobs") or {"output": details.get("output_blob", "out0")}
+
+
 class NcnnRunner(OutputsRunner):
     """Feeds ncnn one C x H x W sample at a time and restores the batch axis on the way out."""
 

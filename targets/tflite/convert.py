@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.artifact import Artifact, ConversionJob
+from core.artifact import Artifact, ConversionJob, run_in_chunks
 from core.errors import ConverterError
 from core.parity import ParityThresholds
 from core.process import python_path_for_child, run_python_module
@@ -75,9 +75,8 @@ def _matched_outputs(job: ConversionJob) -> list[dict]:
     batch = job.onnx.input_shape[0]
     samples = job.calibration[: batch * max(1, MATCH_SAMPLES // batch)]
     runner = LiteRTRunner(path)
-    litert_outputs = [np.concatenate(parts) for parts in
-                      zip(*(runner.raw_outputs(samples[i : i + batch]) for i in range(0, len(samples), batch)))]
-    return match_outputs(job.onnx, litert_outputs, samples)
+    litert_outputs = run_in_chunks(lambda chunk: dict(enumerate(runner.raw_outputs(chunk))), samples, batch)
+    return match_outputs(job.onnx, list(litert_outputs.values()), samples)
 
 
 def _artifact(workdir: Path, runtime: str, precision: str, extra_details: dict) -> Artifact:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.artifact import OnnxModel
+from core.artifact import OnnxModel, to_onnx_shape
 from core.errors import ConverterError
 from core.parity import cosine_per_sample
 
@@ -57,8 +57,8 @@ def _best_match(expected: np.ndarray, litert_outputs: list[np.ndarray], taken: s
         if index in taken:
             continue
         for layout in (AS_IS, CHANNELS_LAST):
-            restored = channels_first(values, layout)
-            if restored.size == expected.size and _squeezed(restored.shape) == _squeezed(expected.shape):
+            restored = to_onnx_shape(channels_first(values, layout), expected.shape)
+            if restored is not None:
                 score = cosine_per_sample(expected.reshape(len(expected), -1).astype(np.float64),
                                           restored.reshape(len(expected), -1).astype(np.float64)).mean()
                 candidates.append((score, -index, layout == AS_IS, index, layout))
@@ -67,6 +67,3 @@ def _best_match(expected: np.ndarray, litert_outputs: list[np.ndarray], taken: s
     *_, index, layout = max(candidates)
     return index, layout
 
-
-def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(d for d in shape if d != 1)

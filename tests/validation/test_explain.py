@@ -120,13 +120,13 @@ def test_unknown_artifact_is_an_input_error_listing_the_choices(digits_android_e
 
 
 def test_nhwc_tensors_are_transposed_even_when_the_shape_fits_both_layouts():
-    from validation.explain import to_onnx_layout
+    from core.artifact import to_onnx_shape
     from targets.tflite.explain import tflite_to_nchw
 
     nhwc = np.arange(16 * 16 * 16, dtype=np.float32).reshape(1, 16, 16, 16)
     assert np.array_equal(tflite_to_nchw(nhwc), nhwc.transpose(0, 3, 1, 2))
-    assert to_onnx_layout(np.zeros((1, 1, 1, 8)), (1, 8)).shape == (1, 8)
-    assert to_onnx_layout(np.zeros((1, 7)), (1, 8)) is None
+    assert to_onnx_shape(np.zeros((1, 1, 1, 8)), (1, 8)).shape == (1, 8)
+    assert to_onnx_shape(np.zeros((1, 7)), (1, 8)) is None
 
 
 def test_the_jump_is_the_first_layer_with_at_least_half_the_largest_increase():
