@@ -180,7 +180,9 @@ def test_explain_says_per_output_where_each_output_gets_its_error(several_output
     layers = report["layers"]
     scores, features = outputs["scores"], outputs["features"]
     assert layers[scores["layer"]]["onnx_op"] == "Gemm" and layers[scores["jump_depth"]]["onnx_op"] == "Gemm"
-    assert scores["relative_error"] > 0.5  # negated weights: the scores are wrong
+    # Measured 1.92 for the scores (negated weights) and 0.055 for the feature map (int8 rounding alone), on 10
+    # samples; the bounds leave a factor of 4 and of 1.8.
+    assert scores["relative_error"] > 0.5
     assert features["jump_depth"] is None or layers[features["jump_depth"]]["onnx_op"] != "Gemm"
     assert features["relative_error"] < 0.1
     assert "output scores: relative error" in result.output
