@@ -13,9 +13,10 @@ ncnn Permute and Padding). Resumable: a model whose manifest already exists is r
 unless --force. The table is printed and written as JSON and Markdown next to the exports.
 
 The command is exactly `mobile-export export --model zoo:NAME --target T --out OUT`: mobilenet_v2 with its
-ImageNet weights on the built-in photos, every other model with its weights trained on handwritten digits,
+ImageNet weights on the built-in photos, every other classifier with its weights trained on handwritten digits,
 calibrated on training digits and checked on held-out ones (`exporter/zoo/digits.py`; a weight set neither
-the package nor the cache holds is trained by that export first, one to nine CPU minutes).
+the package nor the cache holds is trained by that export first, one to nine CPU minutes), the detector and the
+segmenter with their weights trained on digit scenes, checked on held-out scenes (`exporter/zoo/scenes.py`).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from exporter.config import DEFAULT_TARGET  # noqa: E402
-from exporter.zoo import ZOO  # noqa: E402
+from exporter.zoo import CLASSIFIER, ZOO  # noqa: E402
 from targets import get_target, target_groups  # noqa: E402
 
 MOBILE_EXPORT = REPO / ".venv" / "bin" / "mobile-export"
@@ -43,7 +44,7 @@ TABLE_NAME = "zoo_matrix"
 @dataclass(frozen=True)
 class MatrixRow:
     model: str
-    weights: str  # "imagenet" or "digits (trained)"
+    weights: str  # "imagenet", "digits (trained)" or "digit scenes (trained)"
     artifact: str  # "tflite int8"
     exit_code: int
     cosine: float | None
@@ -69,10 +70,16 @@ class ExportRun:
 
 def plan_runs(models: list[str], target: str, out: Path) -> list[ExportRun]:
     return [
-        ExportRun(name, "imagenet" if ZOO[name].pretrained_weights else "digits (trained)",
-                  ("--model", f"zoo:{name}", "--target", target, "--out", str(out)), out / name)
+        ExportRun(name, _weights_kind(name), ("--model", f"zoo:{name}", "--target", target, "--out", str(out)), out / name)
         for name in models
     ]
+
+
+def _weights_kind(name: str) -> str:
+    entry = ZOO[name]
+    if entry.task != CLASSIFIER:
+        return "digit scenes (trained)"
+    return "imagenet" if entry.pretrained_weights else "digits (trained)"
 
 
 def run_one(run: ExportRun, force: bool, timeout_s: float) -> tuple[int, float, dict | None]:

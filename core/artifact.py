@@ -65,6 +65,8 @@ class ConversionJob:
     coreml_palettize: bool = False  # Core ML: also build the 6-bit palettized package
     # The gate under which the int8 target keeps a few tensors in float (None: every op stays integer).
     int8_fallback_gate: ParityThresholds | None = None
+    # Each output's kind (core/output_kinds.py), by ONNX name: the int8 target's fallback judges outputs by them.
+    output_kinds: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

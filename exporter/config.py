@@ -80,7 +80,7 @@ def build_spec(flags: dict, config_path: Path | None = None) -> ExportSpec:
     groups = target_groups()
     if target not in groups:
         raise InputError(f"unknown target {target!r}", hint=f"choose one of: {', '.join(groups)}")
-    merged = {**_digit_weights_defaults(model, merged), **merged}
+    merged = {**_zoo_defaults(model, merged), **merged}
     scalars = {k: merged[k] for k in SCALAR_KEYS if k in merged}
     scalars["model"], scalars["target"] = model, target
     for key in ("out", "labels"):
@@ -89,7 +89,8 @@ def build_spec(flags: dict, config_path: Path | None = None) -> ExportSpec:
     if "input_shape" not in merged:
         merged["input_shape"] = _default_input_shape(model)
     return ExportSpec(contract=_contract(merged), thresholds=_thresholds(config.get("parity", {})),
-                      output_kinds=_output_kinds(config.get("outputs", {})), **scalars)
+                      output_kinds={**_zoo_output_kinds(model), **_output_kinds(config.get("outputs", {}))},
+                      **scalars)
 
 
 def flags_given(flags: dict) -> set[str]:
@@ -100,20 +101,33 @@ def _looks_like_path(model: str) -> bool:
     return not model.startswith(("zoo:", "python:"))
 
 
-def _digit_weights_defaults(model: str, merged: dict) -> dict:
+def _zoo_defaults(model: str, merged: dict) -> dict:
     """A zoo model without published weights is exported with its digit-trained ones (exporter/zoo/digits.py):
-    at their input size, calibrated on training digits and checked on held-out ones, unless given."""
+    at their input size, calibrated on training digits and checked on held-out ones; a zoo detector or
+    segmenter with its own weights, on the digit scenes it was trained for (exporter/zoo/scenes.py). Unless
+    given."""
     if not model.startswith("zoo:"):
         return {}
-    from exporter.zoo import digits
+    from exporter.zoo import CLASSIFIER, ZOO, digits, scenes
 
     name = model.removeprefix("zoo:")
-    if not digits.uses_digit_weights(name, merged.get("weights")):
+    if name in ZOO and ZOO[name].task != CLASSIFIER and merged.get("weights") is None:
+        defaults = scenes.export_defaults()
+    elif digits.uses_digit_weights(name, merged.get("weights")):
+        defaults = digits.export_defaults(name)
+    else:
         return {}
-    defaults = digits.export_defaults(name)
     if "calib" in merged or "val" in merged:  # the user's photos: their own split, as for any model
         del defaults["calib"], defaults["val"]
     return defaults
+
+
+def _zoo_output_kinds(model: str) -> dict[str, str]:
+    """The kinds of a zoo task model's outputs (the config's [outputs.NAME] override them)."""
+    from exporter.zoo import ZOO
+
+    entry = ZOO.get(model.removeprefix("zoo:")) if model.startswith("zoo:") else None
+    return dict(entry.output_kinds) if entry else {}
 
 
 def _default_input_shape(model: str) -> tuple[int, int, int, int]:

@@ -66,7 +66,7 @@ def _safe_name(name: str, source: str) -> str:
 
 
 def _from_zoo(source: str, weights: str | None, trust_pickle: bool) -> LoadedModel:
-    from exporter.zoo import ZOO, digits, imagenet_labels
+    from exporter.zoo import CLASSIFIER, ZOO, digits, imagenet_labels
 
     name = source.removeprefix("zoo:")
     if name not in ZOO:
@@ -75,7 +75,7 @@ def _from_zoo(source: str, weights: str | None, trust_pickle: bool) -> LoadedMod
     labels = None
     if weights is None and entry.pretrained_weights is not None:
         weights = str(entry.pretrained_weights())
-        labels = tuple(imagenet_labels())
+        labels = tuple(imagenet_labels()) if entry.task == CLASSIFIER else None
     elif digits.uses_digit_weights(name, weights):
         weights = str(digits.ensure_trained(name))
         labels = digits.LABELS

@@ -65,7 +65,8 @@ def models(as_json: bool) -> None:
     rows = []
     for entry in ZOO.values():
         stats = model_stats(entry.build(), entry.input_shape)
-        rows.append({"name": entry.name, "pretrained": entry.pretrained_weights is not None, **stats.as_dict()})
+        rows.append({"name": entry.name, "task": entry.task, "pretrained": entry.pretrained_weights is not None,
+                     **stats.as_dict()})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -212,7 +212,7 @@ def train(name: str, plan: TrainingPlan, seed: int = SEED, report_every: int = 0
         if report_every and step % report_every == 0:
             print(f"  step {step}/{plan.steps}, loss {loss.item():.3f}, {time.perf_counter() - started:.0f} s",
                   file=sys.stderr, flush=True)
-    _recalibrate_batch_norm(model, inputs[:TRAIN_COUNT])
+    recalibrate_batch_norm(model, inputs[:TRAIN_COUNT])
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     model.eval()
     with torch.no_grad():
@@ -221,7 +221,7 @@ def train(name: str, plan: TrainingPlan, seed: int = SEED, report_every: int = 0
     return model, seconds, cpu_seconds, accuracy
 
 
-def _recalibrate_batch_norm(model, inputs, batch: int = 100) -> None:
+def recalibrate_batch_norm(model, inputs, batch: int = 100) -> None:
     """Batch-norm statistics as the plain average over the training digits. MobileNetV3's momentum of 0.01
     (torchvision's) leaves the running statistics near their initial values after a few hundred steps, and
     the eval-mode model then guesses at chance."""

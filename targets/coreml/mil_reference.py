@@ -402,6 +402,32 @@ def _softmax(x, axis=None):
     return _torch().softmax(_f(x), dim=int(_scalar(axis, -1)))
 
 
+@op("upsample_bilinear")
+def _upsample_bilinear(x, scale_factor_height=None, scale_factor_width=None, align_corners=None,
+                       half_pixel_centers=None):
+    """Only the forms torch's bilinear interpolate converts to: half-pixel centers (align_corners=False) or
+    aligned corners; TensorFlow's legacy asymmetric sampling is not verified."""
+    aligned = bool(_scalar(align_corners, False))
+    half_pixel = bool(_scalar(half_pixel_centers, not aligned))
+    if not aligned and not half_pixel:
+        raise UnverifiedOp("upsample_bilinear", "align_corners=False without half-pixel centers")
+    scale = (float(_scalar(scale_factor_height, 1)), float(_scalar(scale_factor_width, 1)))
+    return _torch().nn.functional.interpolate(_f(x), scale_factor=scale, mode="bilinear", align_corners=aligned)
+
+
+# resize_bilinear's sampling modes that torch's bilinear interpolate has: align_corners True / False.
+_RESIZE_SAMPLING = {"ALIGN_CORNERS": True, "STRICT_ALIGN_CORNERS": True, "UNALIGN_CORNERS": False}
+
+
+@op("resize_bilinear")
+def _resize_bilinear(x, target_size_height=None, target_size_width=None, sampling_mode=None):
+    mode = str(_scalar(sampling_mode, "DEFAULT"))
+    if mode not in _RESIZE_SAMPLING:
+        raise UnverifiedOp("resize_bilinear", f"sampling_mode {mode}")
+    size = (int(_scalar(target_size_height)), int(_scalar(target_size_width)))
+    return _torch().nn.functional.interpolate(_f(x), size=size, mode="bilinear", align_corners=_RESIZE_SAMPLING[mode])
+
+
 def _reduce(function):
     def run(x, axes=None, keep_dims=None):
         dims = _ints(axes) if axes is not None else list(range(x.dim()))

@@ -20,11 +20,12 @@ import numpy as np
 
 from core.artifact import Artifact, ConversionJob, run_in_chunks
 from core.errors import ConverterError
+from core.output_kinds import inferred_kind
 from core.parity import ParityThresholds
 from core.process import python_path_for_child, run_python_module
 from graph.passes.lean_graph import with_lean_graph
 from targets.tflite.child_log import phase
-from targets.tflite.outputs import MATCH_SAMPLES, match_outputs
+from targets.tflite.outputs import MATCH_SAMPLES, match_onnx_outputs
 from targets.tflite.runner import LiteRTRunner, describe_tflite
 
 # onnx2tf always loads this file for its own sanity inference on 4-D image inputs, and downloads it from
@@ -36,6 +37,7 @@ ONNX2TF_SAMPLE_SHAPE = (20, 128, 128)
 
 
 CHILD_RESULT = "child_result.json"  # what the converter child reports back beyond the model files
+MATCHED_OUTPUTS = "matched_outputs.json"  # the child's match of the fp32 model's outputs to the ONNX ones
 
 
 # Threads of the int8 recipe's simulator: they change how fast, never what (bench/reproducibility.py varies them).
@@ -67,16 +69,22 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
 
 
 def _matched_outputs(job: ConversionJob) -> list[dict]:
-    """Each ONNX output's LiteRT output and layout (targets/tflite/outputs.py), found on the fp32 model."""
+    """Each ONNX output's LiteRT output and layout (targets/tflite/outputs.py), found on the fp32 model: by the
+    converter child, which needed it for the int8 recipe's gate, or here."""
     path = job.workdir / FILE_FOR_PRECISION["fp32"]
     if not path.is_file():
         raise ConverterError("the TFLite converter finished without writing the fp32 model",
                              hint="see the tflite log in OUT/<model>/logs/ for the converter's own message")
-    batch = job.onnx.input_shape[0]
-    samples = job.calibration[: batch * max(1, MATCH_SAMPLES // batch)]
-    runner = LiteRTRunner(path)
+    if (job.workdir / MATCHED_OUTPUTS).is_file():
+        return json.loads((job.workdir / MATCHED_OUTPUTS).read_text())
+    return _match(path, job.onnx.path, list(job.onnx.output_names), job.calibration, job.onnx.input_shape[0])
+
+
+def _match(fp32_path: Path, onnx_path: Path, names: list[str], calibration_nchw: np.ndarray, batch: int) -> list[dict]:
+    samples = calibration_nchw[: batch * max(1, MATCH_SAMPLES // batch)]
+    runner = LiteRTRunner(fp32_path)
     litert_outputs = run_in_chunks(lambda chunk: dict(enumerate(runner.raw_outputs(chunk))), samples, batch)
-    return match_outputs(job.onnx, list(litert_outputs.values()), samples)
+    return match_onnx_outputs(onnx_path, names, list(litert_outputs.values()), samples)
 
 
 def _artifact(workdir: Path, runtime: str, precision: str, extra_details: dict) -> Artifact:
@@ -113,6 +121,9 @@ def _write_request(job: ConversionJob) -> Path:
         "calibration": str(job.workdir / "calibration_nhwc.npy"),
         "int8_io": job.int8_io,
         "int8_fallback_gate": None if job.int8_fallback_gate is None else asdict(job.int8_fallback_gate),
+        "batch": job.onnx.input_shape[0],
+        "outputs": [{"name": output.name, "kind": job.output_kinds.get(output.name) or inferred_kind(output.shape)}
+                    for output in job.onnx.outputs],
     }
     path = job.workdir / "request.json"
     path.write_text(json.dumps(request))
@@ -149,9 +160,24 @@ def _child_main(request_path: Path) -> None:
     calibration = np.load(request["calibration"])
     gate = ParityThresholds(**request["int8_fallback_gate"]) if request.get("int8_fallback_gate") else None
     threads = int(os.environ.get(INT8_THREADS_VARIABLE, DEFAULT_INT8_THREADS))
-    int8_model, record = quantize_int8(float_models["fp32"], calibration, request["int8_io"], gate, threads=threads)
+    judging = _output_judging(request, workdir / FILE_FOR_PRECISION["fp32"], calibration)
+    int8_model, record = quantize_int8(float_models["fp32"], calibration, request["int8_io"], gate, threads=threads,
+                                       judging=judging)
     (workdir / FILE_FOR_PRECISION["int8"]).write_bytes(int8_model)
     (workdir / CHILD_RESULT).write_text(json.dumps(record))
+
+
+def _output_judging(request: dict, fp32_path: Path, calibration_nhwc: np.ndarray):
+    """What each output of the fp32 model is (its ONNX name, kind and layout), for the int8 fallback's gate."""
+    from targets.tflite.quantize import OutputJudging
+
+    kinds = {output["name"]: output["kind"] for output in request["outputs"]}
+    calibration_nchw = np.ascontiguousarray(calibration_nhwc.transpose(0, 3, 1, 2))
+    matched = _match(fp32_path, Path(request["onnx"]), list(kinds), calibration_nchw, int(request["batch"]))
+    (fp32_path.parent / MATCHED_OUTPUTS).write_text(json.dumps(matched))
+    by_position = sorted(matched, key=lambda output: output["index"])
+    return OutputJudging(tuple(o["name"] for o in by_position), tuple(kinds[o["name"]] for o in by_position),
+                         tuple(o["layout"] for o in by_position))
 
 
 def convert_with_onnx2tf(onnx_path: Path, scratch: Path) -> dict[str, bytes]:

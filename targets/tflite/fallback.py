@@ -26,8 +26,10 @@ from targets.tflite.quantize import (
     CrossFitted,
     Folds,
     ModelOutputs,
+    OutputJudging,
     cross_fitted,
     float_ops_for,
+    kinds_of,
     model_outputs,
     named,
     output_cosines,
@@ -79,12 +81,15 @@ def search(chosen, steps: FallbackSteps, progress: Callable[[str], None] = log) 
 
 def keep_sensitive_tensors_float(method: str, bias_corrected: bool, chosen: CrossFitted, ready: bytes,
                                  ready_graph: Graph, activations: Activations, folds: Folds, int8_io: bool,
-                                 gate: ParityThresholds, always_float: tuple[str, ...] = ()) -> tuple[bytes, dict]:
+                                 gate: ParityThresholds, always_float: tuple[str, ...] = (),
+                                 judging: OutputJudging | None = None) -> tuple[bytes, dict]:
     """The float fallback of the int8 recipe (targets/tflite/int8.py), judged on cross-fitted calibration scores.
-    `always_float`: tensors the recipe keeps float whatever the search finds (outputs mixing ranges)."""
+    `always_float`: tensors the recipe keeps float whatever the search finds (outputs mixing ranges); `judging`:
+    each output's name, kind and layout, so the gate reads each output's own figure."""
     ranges = ranges_for(method, ready_graph, activations)
     steps = FallbackSteps(
-        check=lambda model: compare_outputs(named(model.reference), named(model.outputs), gate),
+        check=lambda model: compare_outputs(named(model.reference, judging), named(model.outputs, judging), gate,
+                                            kinds_of(judging)),
         rank=lambda: _rank(Graph(chosen.model), activations, method, folds.samples[1], folds.reference[1]),
         attempt=lambda names: (cross_fitted if bias_corrected else scored)(
             write_int8(ready, ranges, int8_io, float_ops_for(ready_graph, [*always_float, *names])), folds),

@@ -38,6 +38,7 @@ from targets.tflite.quantize import (
     Activations,
     CrossFitted,
     ModelOutputs,
+    OutputJudging,
     cross_fitted,
     fold_positions,
     float_ops_for,
@@ -82,9 +83,11 @@ class Candidate:
 
 
 def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: bool, gate: ParityThresholds | None,
-                  steps: RecipeSteps = RecipeSteps(), threads: int = 2) -> tuple[bytes, dict]:
+                  steps: RecipeSteps = RecipeSteps(), threads: int = 2,
+                  judging: OutputJudging | None = None) -> tuple[bytes, dict]:
     """The int8 model and the record of how it was made (for the manifest's details.int8_recipe). `threads`
-    changes how fast, never what: the simulator's figures are rounded before anything is written."""
+    changes how fast, never what: the simulator's figures are rounded before anything is written. `judging`:
+    what each output is, for the fallback's gate (None: every output judged as its shape suggests)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -134,7 +137,7 @@ def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: boo
     if gate is not None:
         model, record["float_fallback"] = keep_sensitive_tensors_float(
             chosen.method, chosen.bias_corrected, chosen.result, ready, ready_graph, measured.activations, folds,
-            int8_io, gate, tuple(kept_float))
+            int8_io, gate, tuple(kept_float), judging)
     return model, record
 
 

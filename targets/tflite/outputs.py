@@ -28,12 +28,17 @@ def channels_first(values: np.ndarray, layout: str) -> np.ndarray:
 def match_outputs(onnx_model: OnnxModel, litert_outputs: list[np.ndarray], samples_nchw: np.ndarray) -> list[dict]:
     """[{"name": ONNX output, "index": LiteRT output position, "layout": AS_IS | CHANNELS_LAST}] in the ONNX
     model's order. `litert_outputs`: the fp32 model's outputs on `samples_nchw`, in LiteRT's order."""
+    return match_onnx_outputs(onnx_model.path, list(onnx_model.output_names), litert_outputs, samples_nchw)
+
+
+def match_onnx_outputs(onnx_path, names: list[str], litert_outputs: list[np.ndarray],
+                       samples_nchw: np.ndarray) -> list[dict]:
+    """match_outputs for the ONNX file at `onnx_path` with outputs `names` (what the converter child has)."""
     import onnx
 
     from graph.onnx_run import inner_tensors
 
-    names = list(onnx_model.output_names)
-    batches = list(inner_tensors(onnx.load(str(onnx_model.path)), names, samples_nchw))
+    batches = list(inner_tensors(onnx.load(str(onnx_path)), names, samples_nchw))
     reference = {name: np.concatenate([batch[name] for batch in batches]) for name in names}
     taken: set[int] = set()
     matched = []

@@ -51,9 +51,30 @@ def output_cosines(reference: ModelOutputs, outputs: ModelOutputs) -> np.ndarray
                     for r, o in zip(reference, outputs, strict=True)], axis=0)
 
 
-def named(outputs: ModelOutputs) -> dict[str, np.ndarray]:
-    """The outputs as core.parity.compare_outputs takes them: one output as it is, several as "output k"."""
-    return {f"output {index}": values for index, values in enumerate(outputs)}
+@dataclass(frozen=True)
+class OutputJudging:
+    """What each output of the float .tflite is, in the model's output order: its ONNX name, its kind
+    (core/output_kinds.py) and its layout (targets/tflite/outputs.py), so the int8 recipe's gate judges it as
+    parity will: a class map by its pixels, boxes by their IoU, logits by top-1."""
+
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    layouts: tuple[str, ...]
+
+
+def named(outputs: ModelOutputs, judging: OutputJudging | None = None) -> dict[str, np.ndarray]:
+    """The outputs as core.parity.compare_outputs takes them: by their ONNX names in the ONNX layout when
+    `judging` says them, else as "output k" as they are."""
+    from targets.tflite.outputs import channels_first
+
+    if judging is None:
+        return {f"output {index}": values for index, values in enumerate(outputs)}
+    return {name: channels_first(values, layout) for name, values, layout in zip(judging.names, outputs,
+                                                                                   judging.layouts, strict=True)}
+
+
+def kinds_of(judging: OutputJudging | None) -> dict[str, str] | None:
+    return None if judging is None else dict(zip(judging.names, judging.kinds, strict=True))
 
 
 def _joined(per_fold: list[ModelOutputs]) -> ModelOutputs:

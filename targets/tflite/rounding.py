@@ -30,13 +30,14 @@ class RoundedLayer:
 
 
 def roundable_ops(model: EditableModel) -> list[OpInfo]:
-    """Convolutions whose float32 weights only they read (depthwise ones without a channel multiplier)."""
+    """Convolutions whose float32 weights only they read (depthwise ones without a channel multiplier, full
+    ones without groups)."""
     found = []
     for op in model.graph.ops:
         if op.kind not in ROUNDED_KINDS or not model.private(op, 1) or model.graph.tensors[op.inputs[1]].type != 0:
             continue
-        if op.kind == "DEPTHWISE_CONV_2D" and model.graph.tensors[op.inputs[1]].shape[-1] != \
-                model.graph.tensors[op.inputs[0]].shape[-1]:
+        # A depthwise one with a channel multiplier, or a grouped CONV_2D: their patches are not one H.
+        if model.graph.tensors[op.inputs[1]].shape[-1] != model.graph.tensors[op.inputs[0]].shape[-1]:
             continue
         found.append(op)
     return found

@@ -353,9 +353,12 @@ def _conv(run: Run, op: OpInfo, depthwise: bool):
         left, right = same_padding(x.shape[2], kernel_w, stride[1], dilation[1])
         if top or bottom or left or right:
             x = F.pad(x, (0, 0, left, right, top, bottom))
-    if not depthwise and kernel_h * kernel_w > 1:  # a full KxK convolution: torch's own, NCHW
+    # A CONV_2D whose filters read fewer channels than its input has is grouped (the converter writes a
+    # depthwise convolution that way at some places): input channels / filter channels groups.
+    groups = 1 if depthwise else x.shape[3] // weights.shape[3]
+    if not depthwise and (kernel_h * kernel_w > 1 or groups > 1):  # a KxK or grouped convolution: torch's own
         accumulated = F.conv2d(x.permute(0, 3, 1, 2), weights.permute(0, 3, 1, 2).contiguous(), stride=stride,
-                               dilation=dilation).permute(0, 2, 3, 1)
+                               dilation=dilation, groups=groups).permute(0, 2, 3, 1)
     else:
         accumulated = _taps(x, weights, stride, dilation, depthwise)
     return _finished(run, op, accumulated, quantized, x_info, w_info, y_info, bias_index)
@@ -790,6 +793,7 @@ _OPS: dict[str, Callable] = {
     "RELU": _relu(0.0, None),
     "RELU6": _relu(0.0, 6.0),
     "RELU_N1_TO_1": _relu(-1.0, 1.0),
+    "RELU_0_TO_1": _relu(0.0, 1.0),
     "LEAKY_RELU": _leaky_relu,
     "SOFTMAX": _softmax,
     "RESIZE_BILINEAR": _resize("bilinear"),

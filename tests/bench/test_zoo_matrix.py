@@ -14,9 +14,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import zoo_matrix  # noqa: E402
 
-from exporter.zoo import (
-    ZOO,  # noqa: E402
-    digits,  # noqa: E402
+from exporter.zoo import (  # noqa: E402
+    CLASSIFIERS,
+    ZOO,
+    digits,
 )
 
 SHUFFLES = {"shufflenet_v2_x0_5": 16, "shufflenet_v2_x1_0": 16, "shufflenet_v1_g3": 16}
@@ -98,8 +99,8 @@ def test_model_patterns_select_zoo_models_and_unknown_ones_are_refused():
         zoo_matrix.select_models(["resnet50"])
 
 
-def test_every_zoo_model_has_trained_weights_planned_and_v1_resolutions_share_their_width():
-    assert {digits.weights_set(name) for name in ZOO} == set(digits.TRAINING_PLANS)
+def test_every_zoo_classifier_has_trained_weights_planned_and_v1_resolutions_share_their_width():
+    assert {digits.weights_set(name) for name in CLASSIFIERS} == set(digits.TRAINING_PLANS)
     assert digits.weights_set("mobilenet_v1_0_5_192") == "mobilenet_v1_0_5_128"
     assert digits.export_size("mobilenet_v1_0_5_192") == 192
     assert digits.export_size("mnasnet1_0") == digits.TRAINING_PLANS["mnasnet1_0"].input_size

@@ -169,3 +169,27 @@ def test_when_no_fallback_passes_the_plain_int8_model_is_kept_and_the_attempt_re
     assert model == "plain"
     assert record["needed"] and not record["passed"] and record["float_tensors"] == []
     assert [attempt["float_tensors"] for attempt in record["attempts"]] == [1, 2, 3]  # each measured, for the user
+
+
+def test_the_fallback_gate_reads_a_class_map_by_its_name_layout_and_pixels():
+    """The recipe's gate sees the float .tflite's outputs (channels last, in LiteRT's order); with what the ONNX
+    model calls them and their kind it judges a class map by its pixels, as parity will. Two close classes
+    swap on 5 % of the pixels: the cosine hardly moves (0.9995 here), the pixel agreement falls to 0.95."""
+    from core.parity import compare_outputs
+    from targets.tflite.outputs import CHANNELS_LAST
+    from targets.tflite.quantize import OutputJudging, kinds_of, named
+
+    rng = np.random.default_rng(0)
+    reference = np.zeros((4, 10, 10, 3), np.float32)  # N x H x W x classes, as LiteRT lays it out
+    reference[..., 0], reference[..., 1] = 1.0, 0.98
+    swapped = reference.copy()
+    flipped = rng.permutation(400)[:20]
+    swapped.reshape(-1, 3)[flipped, :2] = swapped.reshape(-1, 3)[flipped, 1::-1]
+    gate = DEFAULT_THRESHOLDS["int8"]
+    judging = OutputJudging(("mask",), ("class_map",), (CHANNELS_LAST,))
+    as_the_model_says = compare_outputs(named((reference,), judging), named((swapped,), judging), gate,
+                                        kinds_of(judging))
+    assert list(as_the_model_says.failures) == ["pixel agreement 0.9500 < 0.98"]
+    assert named((reference,), judging)["mask"].shape == (4, 3, 10, 10)
+    by_shape_alone = compare_outputs(named((reference,)), named((swapped,)), gate)
+    assert by_shape_alone.passed and by_shape_alone.cosine > 0.999

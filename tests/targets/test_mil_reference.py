@@ -112,8 +112,8 @@ class _Lambda(nn.Module):
         return self.function(x)
 
 
-def _has(op_type: str):
-    return lambda operations: any(operation.type == op_type for operation in operations)
+def _has(*op_types: str):
+    return lambda operations: any(operation.type in op_types for operation in operations)
 
 
 def _interleaved_concat(operations) -> bool:
@@ -142,6 +142,12 @@ TORCH_CASES = {
     "relu6": (nn.ReLU6, _has("clip")),
     "channel shuffle (ShuffleNetV1)": (lambda: _Lambda(_channel_shuffle), _has("transpose")),
     "split and concat": (lambda: _Lambda(lambda x: torch.cat(x.chunk(2, dim=1)[::-1], dim=1)), _has("split")),
+    "bilinear upsampling by 8 (LR-ASPP)": (
+        lambda: _Lambda(lambda x: nn.functional.interpolate(x, scale_factor=8, mode="bilinear",
+                                                            align_corners=False)), _has("upsample_bilinear")),
+    "bilinear resize to a whole multiple of the size (LR-ASPP)": (
+        lambda: _Lambda(lambda x: nn.functional.interpolate(x, size=(22, 33), mode="bilinear",
+                                                            align_corners=False)), _has("upsample_bilinear", "resize_bilinear")),
     "concat then channel shuffle (ShuffleNetV2)": (
         lambda: _Lambda(lambda x: _channel_shuffle(torch.cat([x, torch.relu(x)], dim=1), groups=2)),
         _interleaved_concat),
