@@ -84,6 +84,20 @@ def _class_map_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict[str
     return {"pixel_agreement": float((expected == found).mean()), "mean_iou": float(np.mean(ious))}
 
 
+def figure_per_sample(kind: str, reference: np.ndarray, candidate: np.ndarray) -> np.ndarray | None:
+    """The kind's gated figure of each sample where it is a measure, not one yes or no per sample: a class map's
+    pixel agreement, a heatmap's share of peaks in place, boxes' mean IoU. None for logits (top-1 is one yes or no
+    per sample, a coin toss on near-ties) and tensors: those are scored by cosine."""
+    samples = len(reference)
+    if kind == CLASS_MAP:
+        return (reference.argmax(axis=1) == candidate.argmax(axis=1)).reshape(samples, -1).mean(axis=1)
+    if kind == HEATMAP:
+        return np.array([_peak_agreement(reference[i:i + 1], candidate[i:i + 1]) for i in range(samples)])
+    if kind == BOXES:
+        return box_iou(reference.reshape(-1, 4), candidate.reshape(-1, 4)).reshape(samples, -1).mean(axis=1)
+    return None
+
+
 PEAK_TOLERANCE = 1  # cells: a peak one cell over is the same keypoint at the heatmap's resolution
 
 

@@ -94,7 +94,8 @@ def describe_choice(choice: dict | None) -> dict:
     if not choice:
         return {"method": "unknown"}
     return {**choice, "description": METHOD_DESCRIPTIONS[choice["method"]],
-            "chosen_by": "mean output cosine against the float model of each method's int8 model on both halves of "
+            "chosen_by": "mean output score (cosine, or the figure of each output's kind where scored_by says so) "
+                         "against the float model of each method's int8 model on both halves of "
                          "the calibration photos (before bias correction); a method replaces the earlier one "
                          f"in the order {', '.join(RANGE_METHODS)} only when it leads by more than "
                          f"{CLEAR_LEAD_STANDARD_ERRORS:g} standard errors of the per-sample difference"}

@@ -32,7 +32,7 @@ from targets.tflite.quantize import (
     kinds_of,
     model_outputs,
     named,
-    output_cosines,
+    output_scores,
     ranges_for,
     scored,
     write_int8,
@@ -90,7 +90,7 @@ def keep_sensitive_tensors_float(method: str, bias_corrected: bool, chosen: Cros
     steps = FallbackSteps(
         check=lambda model: compare_outputs(named(model.reference, judging), named(model.outputs, judging), gate,
                                             kinds_of(judging)),
-        rank=lambda: _rank(Graph(chosen.model), activations, method, folds.samples[1], folds.reference[1]),
+        rank=lambda: _rank(Graph(chosen.model), activations, method, folds.samples[1], folds.reference[1], judging),
         attempt=lambda names: (cross_fitted if bias_corrected else scored)(
             write_int8(ready, ranges, int8_io, float_ops_for(ready_graph, [*always_float, *names])), folds),
         float_ops=lambda names: float_ops_for(ready_graph, [*always_float, *names]),
@@ -100,16 +100,17 @@ def keep_sensitive_tensors_float(method: str, bias_corrected: bool, chosen: Cros
 
 
 def _rank(int8_graph: Graph, activations: Activations, method: str, samples: np.ndarray,
-          target: ModelOutputs) -> list[tuple[str, float]]:
-    """(tensor name, output cosine gained when it alone is float, on the samples), best first, gains > 0 only."""
-    baseline = output_cosines(target, model_outputs(int8_graph, samples)).mean()
+          target: ModelOutputs, judging: OutputJudging | None = None) -> list[tuple[str, float]]:
+    """(tensor name, output score gained when it alone is float, on the samples), best first, gains > 0 only.
+    The score: each output's cosine, or its kind's figure (quantize.output_scores)."""
+    baseline = output_scores(target, model_outputs(int8_graph, samples), judging).mean()
     by_name = {info.name: info.index for info in int8_graph.tensors}
     gains = []
     for name in _noisiest(int8_graph, activations, method):
         if name not in by_name:
             continue
         view = int8_graph.with_float_tensors([by_name[name]])
-        gains.append((name, float(output_cosines(target, model_outputs(view, samples)).mean() - baseline)))
+        gains.append((name, float(output_scores(target, model_outputs(view, samples), judging).mean() - baseline)))
     return sorted((g for g in gains if g[1] > 0), key=lambda g: -g[1])
 
 

@@ -46,6 +46,7 @@ from targets.tflite.quantize import (
     mixed_range_outputs,
     per_sample,
     ranges_for,
+    score_label,
     scored,
     spread_positions,
     with_writer_inputs,
@@ -113,25 +114,28 @@ def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: boo
         with phase(f"int8 with {method} ranges, scored on both halves of the calibration photos"):
             quantized = write_int8(ready, ranges_for(method, ready_graph, measured.activations), int8_io, always_float)
             plain[method] = (quantized, scored(quantized, folds))
-    method_scores = {method: result.cosines for method, (_, result) in plain.items()}
+    method_scores = {method: result.scores(judging) for method, (_, result) in plain.items()}
     method = clear_winner(method_scores)
     quantized, unchanged = plain[method]
     candidates = [] if steps.bias_correction == ALWAYS else [Candidate(method, False, unchanged)]
     if steps.bias_correction != NEVER:
         with phase(f"bias correction of the {method} model, cross-fitted on 2 x {len(folds.samples[0])} samples"):
             candidates.append(Candidate(method, True, cross_fitted(quantized, folds)))
-    scores = {candidate.name: candidate.result.cosines for candidate in candidates}
+    scores = {candidate.name: candidate.result.scores(judging) for candidate in candidates}
     chosen = next(c for c in candidates if c.name == clear_winner(scores))
     means = _rounded_means(scores)
+    label = score_label(judging)  # "cosine", or "score" when outputs are scored by their kinds' figures
     record["activation_ranges"] = describe_choice({"method": method, "scored_on": int(len(unchanged.cosines)),
-                                                   "cosine": _rounded_means(method_scores)})
+                                                   label: _rounded_means(method_scores)})
+    if label != "cosine":
+        record["scored_by"] = _scored_by(judging)
     record["bias_correction"] = {
         "applied": chosen.bias_corrected,
         "how": "empirical, layer by layer, the mean of the two halves' corrections" if chosen.bias_corrected else
                "measured and not applied: it did not lead the uncorrected model by more than noise",
-        "cross_fitted_cosine": means,
+        f"cross_fitted_{label}": means,
     }
-    log(f"int8: {chosen.name} (cross-fitted cosine {means})")
+    log(f"int8: {chosen.name} (cross-fitted {label} {means})")
     model = chosen.result.model
     record["float_fallback"] = None
     if gate is not None:
@@ -139,6 +143,14 @@ def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: boo
             chosen.method, chosen.bias_corrected, chosen.result, ready, ready_graph, measured.activations, folds,
             int8_io, gate, tuple(kept_float), judging)
     return model, record
+
+
+def _scored_by(judging: OutputJudging) -> dict[str, str]:
+    """Each output's figure in the recipe's scores (core.output_kinds.figure_per_sample, else cosine)."""
+    from core.output_kinds import GATED_FIGURE, LOGITS
+
+    return {name: GATED_FIGURE[kind] if kind in GATED_FIGURE and kind != LOGITS else "cosine"
+            for name, kind in zip(judging.names, judging.kinds, strict=True)}
 
 
 def _rounded_means(cosines_by_name: dict[str, np.ndarray]) -> dict[str, float]:

@@ -28,6 +28,9 @@ class CrossFitted:
     def cosines(self) -> np.ndarray:
         return output_cosines(self.reference, self.outputs)
 
+    def scores(self, judging: "OutputJudging | None") -> np.ndarray:
+        return output_scores(self.reference, self.outputs, judging)
+
 
 # The graph's outputs for a batch of samples, in the graph's order, each N x (the tensor's shape past its batch).
 ModelOutputs = tuple[np.ndarray, ...]
@@ -71,6 +74,34 @@ def named(outputs: ModelOutputs, judging: OutputJudging | None = None) -> dict[s
         return {f"output {index}": values for index, values in enumerate(outputs)}
     return {name: channels_first(values, layout) for name, values, layout in zip(judging.names, outputs,
                                                                                    judging.layouts, strict=True)}
+
+
+def output_scores(reference: ModelOutputs, outputs: ModelOutputs, judging: OutputJudging | None) -> np.ndarray:
+    """Per sample, the mean over the outputs of each output's own figure: its kind's where that is a measure per
+    sample (core.output_kinds.figure_per_sample: a class map's pixel agreement, boxes' IoU), else its cosine.
+    What the recipe's choices (range method, bias correction, the fallback's ranking) compare."""
+    from core.output_kinds import figure_per_sample
+    from core.parity import cosine_per_sample
+
+    if judging is None or score_label(judging) == "cosine":
+        return output_cosines(reference, outputs)
+    expected, found = named(reference, judging), named(outputs, judging)
+    per_output = []
+    for name, kind in zip(judging.names, judging.kinds, strict=True):
+        figure = figure_per_sample(kind, expected[name], found[name])
+        if figure is None:
+            samples = len(expected[name])
+            figure = cosine_per_sample(expected[name].reshape(samples, -1), found[name].reshape(samples, -1))
+        per_output.append(figure)
+    return np.mean(per_output, axis=0)
+
+
+def score_label(judging: OutputJudging | None) -> str:
+    """"cosine" when every output is scored by its cosine, else "score" (outputs by their kinds' figures)."""
+    from core.output_kinds import GATED_FIGURE, LOGITS
+
+    figures = [kind for kind in (judging.kinds if judging else ()) if kind in GATED_FIGURE and kind != LOGITS]
+    return "score" if figures else "cosine"
 
 
 def kinds_of(judging: OutputJudging | None) -> dict[str, str] | None:

@@ -93,3 +93,19 @@ def test_the_config_gives_an_output_its_kind(tmp_path):
     with pytest.raises(InputError) as error:
         build_spec(dict(NO_FLAGS), config)
     assert "[outputs.mask] must hold exactly one key, kind" in error.value.message
+
+
+def test_the_int8_recipe_scores_each_sample_by_its_outputs_own_figure():
+    """Per sample, what the recipe's choices compare: a class map's pixel agreement, boxes' IoU (here 0.5 and
+    1.0 by construction), and nothing for logits, whose per-sample top-1 is a yes or no."""
+    from core.output_kinds import figure_per_sample
+
+    reference = np.zeros((2, 3, 2, 2))
+    reference[:, 0] = 1.0
+    candidate = reference.copy()
+    candidate[0, 1, 0, :] = 2.0  # two of the first sample's four pixels change class
+    assert figure_per_sample("class_map", reference, candidate).tolist() == [0.5, 1.0]
+    boxes = np.array([[[0, 0, 2, 2]], [[0, 0, 2, 2]]], float)
+    moved = boxes + np.array([[[0, 0, 2, 0]], [[0, 0, 0, 0]]])  # the first box twice as wide: IoU 4/8
+    assert figure_per_sample("boxes", boxes, moved).tolist() == [0.5, 1.0]
+    assert figure_per_sample("logits", np.eye(2), np.eye(2)) is None
