@@ -2,7 +2,7 @@
 shipped weights do on held-out scenes, and their exports, per output.
 
 The full `--target all` exports of both (every artifact's per-output gate, int8 pixel agreement, decoded box
-IoU and object classes) take about five minutes each on this machine: they are the `slow` tests at the end
+IoU and object classes) take 3.6 minutes together: they are the `slow` tests at the end
 (`pytest -m slow tests/exporter/test_zoo_tasks.py`), run for every change of the recipe or the models.
 """
 from __future__ import annotations
