@@ -50,20 +50,17 @@ def objects_kept(model_dir: Path, scene_count: int = 150) -> list[dict]:
     """Per detector artifact: objects' anchors keeping their class, and their boxes' IoU with PyTorch's."""
     import torch
 
-    from exporter.sources import load_state_dict
     from exporter.zoo import ZOO
     from exporter.zoo.scenes import BACKGROUND, held_out_scenes
     from exporter.zoo.ssdlite import anchor_boxes
-    from exporter.zoo.task_training import anchor_targets, model_inputs
+    from exporter.zoo.task_training import anchor_targets, model_inputs, trained_model
 
-    entry = ZOO[DETECTOR]
-    model = entry.build().eval()
-    model.load_state_dict({k: v.float() for k, v in load_state_dict(entry.pretrained_weights()).items()})
+    model = trained_model(DETECTOR)
     scenes = held_out_scenes(scene_count)
     inputs = model_inputs(scenes.photos)
     with torch.no_grad():
         reference = {key: value.numpy() for key, value in model(torch.from_numpy(inputs)).items()}
-    anchors = anchor_boxes(entry.input_size)
+    anchors = anchor_boxes(ZOO[DETECTOR].input_size)
     objects = np.stack([(anchor_targets(anchors, torch.from_numpy(boxes), torch.from_numpy(labels))[0] > BACKGROUND)
                         .numpy() for boxes, labels in zip(scenes.boxes, scenes.labels)])
     manifest = json.loads((model_dir / "manifest.json").read_text())

@@ -24,6 +24,8 @@ KINDS = {
 
 # The figure of each kind its gate reads; a ParityThresholds field of the same name holds the gate.
 GATED_FIGURE = {LOGITS: "top1_agreement", CLASS_MAP: "pixel_agreement", HEATMAP: "peak_agreement", BOXES: "box_iou"}
+# The gated figures that are a measure per sample (figure_per_sample), not one yes or no per sample as top-1 is.
+PER_SAMPLE_FIGURE = {kind: figure for kind, figure in GATED_FIGURE.items() if kind != LOGITS}
 
 
 def inferred_kind(shape: tuple[int, ...]) -> str:

@@ -197,21 +197,12 @@ def train(name: str, plan: TrainingPlan, seed: int = SEED, report_every: int = 0
     inputs = torch.from_numpy(model_inputs(photos, contract))
     targets = torch.from_numpy(labels)
     model = ZOO[name].build(num_classes=CLASSES)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=plan.learning_rate, total_steps=plan.steps)
-    generator = torch.Generator().manual_seed(seed)
+
+    def loss_of(batch, generator):
+        return torch.nn.functional.cross_entropy(model(_jitter(inputs[batch], generator)), targets[batch])
+
     started, cpu_started = time.perf_counter(), time.process_time()
-    model.train()
-    for step in range(1, plan.steps + 1):
-        batch = torch.randint(0, TRAIN_COUNT, (BATCH,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(model(_jitter(inputs[batch], generator)), targets[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if report_every and step % report_every == 0:
-            print(f"  step {step}/{plan.steps}, loss {loss.item():.3f}, {time.perf_counter() - started:.0f} s",
-                  file=sys.stderr, flush=True)
+    fit(model, loss_of, TRAIN_COUNT, plan.steps, BATCH, plan.learning_rate, seed, report_every)
     recalibrate_batch_norm(model, inputs[:TRAIN_COUNT])
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     model.eval()
@@ -219,6 +210,30 @@ def train(name: str, plan: TrainingPlan, seed: int = SEED, report_every: int = 0
         predicted = torch.cat([model(chunk).argmax(1) for chunk in inputs[TRAIN_COUNT:].split(64)])
     accuracy = float((predicted == targets[TRAIN_COUNT:]).float().mean())
     return model, seconds, cpu_seconds, accuracy
+
+
+def fit(model, loss_of, sample_count: int, steps: int, batch: int, learning_rate: float, seed: int,
+        report_every: int = 0, label: str = "") -> None:
+    """AdamW with a one-cycle schedule on random batches of sample positions: `loss_of(positions, generator)`
+    gives the batch's loss (the generator, after it drew the batch, is there for augmentation). With
+    `report_every`, prints the step and loss that often, after `label`."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps)
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    model.train()
+    for step in range(1, steps + 1):
+        positions = torch.randint(0, sample_count, (batch,), generator=generator)
+        loss = loss_of(positions, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if report_every and step % report_every == 0:
+            print(f"  {label}step {step}/{steps}, loss {loss.item():.3f}, {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr, flush=True)
 
 
 def recalibrate_batch_norm(model, inputs, batch: int = 100) -> None:
@@ -279,7 +294,9 @@ def read_records(*weights_dirs: Path) -> dict[str, dict]:
     return records
 
 
-def record_training(record: TrainingRecord, weights_dir: Path) -> None:
+def record_training(record, weights_dir: Path) -> None:
+    """Add `record` (a dataclass with a `model` field: TrainingRecord, or the task models' record) to the
+    trained.json of `weights_dir`."""
     records = read_records(weights_dir)
     records[record.model] = asdict(record)
     write_atomically(weights_dir / RECORD_NAME,

@@ -29,6 +29,9 @@ def anchor_shapes(sides: tuple[float, float]) -> list[tuple[float, float]]:
     return [(sides[0], sides[0]), (sides[1], sides[1]), (sides[0] * TALL, sides[0])]
 
 
+ANCHORS_PER_PLACE = len(anchor_shapes((1.0, 1.0)))
+
+
 def anchor_boxes(input_size: int) -> torch.Tensor:
     """A x 4 anchors (x1, y1, x2, y2) in the order the heads predict them: level, row, column, shape."""
     boxes = []
@@ -65,7 +68,7 @@ class SSDLiteHead(nn.Module):
         """N x C x H x W -> N x (H x W x anchors) x values."""
         predicted = self.pointwise(self.depthwise(features))
         batch, _, height, width = predicted.shape
-        return predicted.permute(0, 2, 3, 1).reshape(batch, height * width * len(anchor_shapes((1, 1))), -1)
+        return predicted.permute(0, 2, 3, 1).reshape(batch, height * width * ANCHORS_PER_PLACE, -1)
 
 
 class SSDLite(nn.Module):
@@ -74,9 +77,9 @@ class SSDLite(nn.Module):
         features = MobileNetV2().features
         self.stride_16 = features[:STRIDE_16_END]
         self.stride_32 = features[STRIDE_16_END:STRIDE_32_END]
-        per_place = len(anchor_shapes((1, 1)))
-        self.box_heads = nn.ModuleList(SSDLiteHead(channels, per_place * 4) for _, channels, _ in LEVELS)
-        self.score_heads = nn.ModuleList(SSDLiteHead(channels, per_place * num_classes) for _, channels, _ in LEVELS)
+        self.box_heads = nn.ModuleList(SSDLiteHead(channels, ANCHORS_PER_PLACE * 4) for _, channels, _ in LEVELS)
+        self.score_heads = nn.ModuleList(SSDLiteHead(channels, ANCHORS_PER_PLACE * num_classes)
+                                         for _, channels, _ in LEVELS)
         self.register_buffer("anchors", anchor_boxes(input_size), persistent=False)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

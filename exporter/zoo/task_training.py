@@ -8,17 +8,15 @@ scenes; `bench/zoo_training.py --tasks` trains them again.
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from core.contract import InputContract
-from core.manifest import write_atomically
-from exporter.zoo import IMAGENET_MEAN, IMAGENET_STD, TASK_WEIGHTS_DIR, task_weights
+from exporter.zoo import IMAGENET_MEAN, IMAGENET_STD, TASK_WEIGHTS_DIR, ZOO, digits, task_weights
+from exporter.zoo.digits import fit, recalibrate_batch_norm, save_half_precision
 from exporter.zoo.scenes import BACKGROUND, CLASSES, SCENE_SIZE, Scenes, held_out_scenes, training_scenes
 
 RECORD_NAME = "trained.json"
@@ -86,23 +84,9 @@ def train_and_save(name: str, folder: Path | None = None, report_every: int = 50
     scenes = training_scenes(plan.scenes, seed=SEED)
     inputs = torch.from_numpy(model_inputs(scenes.photos))
     loss_of = _detection_loss(model, scenes) if name.startswith("ssdlite") else _segmentation_loss(model, scenes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=plan.learning_rate, total_steps=plan.steps)
-    generator = torch.Generator().manual_seed(SEED)
     started, cpu_started = time.perf_counter(), time.process_time()
-    model.train()
-    for step in range(1, plan.steps + 1):
-        batch = torch.randint(0, len(inputs), (plan.batch,), generator=generator)
-        loss = loss_of(inputs[batch], batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if report_every and step % report_every == 0:
-            print(f"  {name} step {step}/{plan.steps}, loss {loss.item():.3f}, {time.perf_counter() - started:.0f} s",
-                  file=sys.stderr, flush=True)
-    from exporter.zoo.digits import recalibrate_batch_norm, save_half_precision
-
+    fit(model, lambda batch, _: loss_of(inputs[batch], batch), len(inputs), plan.steps, plan.batch,
+        plan.learning_rate, SEED, report_every, label=f"{name} ")
     recalibrate_batch_norm(model, inputs[:1000])
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     model.eval()
@@ -114,10 +98,17 @@ def train_and_save(name: str, folder: Path | None = None, report_every: int = 50
 
 
 def record_training(record: TaskTrainingRecord, folder: Path | None = None) -> None:
-    path = (folder or TASK_WEIGHTS_DIR) / RECORD_NAME
-    records = json.loads(path.read_text()) if path.is_file() else {}
-    records[record.model] = asdict(record)
-    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(records, indent=2) + "\n"))
+    digits.record_training(record, folder or TASK_WEIGHTS_DIR)
+
+
+def trained_model(name: str):
+    """zoo:`name` in eval mode with its shipped weights, as the exporter loads them (float16 values in float32)."""
+    from safetensors.torch import load_file
+
+    entry = ZOO[name]
+    model = entry.build()
+    model.load_state_dict({key: value.float() for key, value in load_file(str(entry.pretrained_weights())).items()})
+    return model.eval()
 
 
 def _start_from_trained_backbone(name: str, model) -> None:
@@ -132,10 +123,9 @@ def _start_from_trained_backbone(name: str, model) -> None:
         state = torch.load(torchvision_mobilenet_v2_weights(), map_location="cpu", weights_only=True)
         stages = (("stride_16", 0), ("stride_32", STRIDE_16_END))
     else:
-        from exporter.zoo.digits import trained_weights
         from exporter.zoo.lraspp import STRIDE_8_END
 
-        state = load_file(str(trained_weights("mobilenet_v3_small")))
+        state = load_file(str(digits.trained_weights("mobilenet_v3_small")))
         stages = (("stride_8", 0), ("stride_16", STRIDE_8_END))
     own = model.state_dict()
     copied = {}

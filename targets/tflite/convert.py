@@ -25,7 +25,7 @@ from core.parity import ParityThresholds
 from core.process import python_path_for_child, run_python_module
 from graph.passes.lean_graph import with_lean_graph
 from targets.tflite.child_log import phase
-from targets.tflite.outputs import MATCH_SAMPLES, match_onnx_outputs
+from targets.tflite.outputs import MATCH_SAMPLES, match_outputs
 from targets.tflite.runner import LiteRTRunner, describe_tflite
 
 # onnx2tf always loads this file for its own sanity inference on 4-D image inputs, and downloads it from
@@ -84,7 +84,7 @@ def _match(fp32_path: Path, onnx_path: Path, names: list[str], calibration_nchw:
     samples = calibration_nchw[: batch * max(1, MATCH_SAMPLES // batch)]
     runner = LiteRTRunner(fp32_path)
     litert_outputs = run_in_chunks(lambda chunk: dict(enumerate(runner.raw_outputs(chunk))), samples, batch)
-    return match_onnx_outputs(onnx_path, names, list(litert_outputs.values()), samples)
+    return match_outputs(onnx_path, names, list(litert_outputs.values()), samples)
 
 
 def _artifact(workdir: Path, runtime: str, precision: str, extra_details: dict) -> Artifact:

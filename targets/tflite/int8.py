@@ -147,10 +147,9 @@ def quantize_int8(float_model: bytes, calibration_nhwc: np.ndarray, int8_io: boo
 
 def _scored_by(judging: OutputJudging) -> dict[str, str]:
     """Each output's figure in the recipe's scores (core.output_kinds.figure_per_sample, else cosine)."""
-    from core.output_kinds import GATED_FIGURE, LOGITS
+    from core.output_kinds import PER_SAMPLE_FIGURE
 
-    return {name: GATED_FIGURE[kind] if kind in GATED_FIGURE and kind != LOGITS else "cosine"
-            for name, kind in zip(judging.names, judging.kinds, strict=True)}
+    return {name: PER_SAMPLE_FIGURE.get(kind, "cosine") for name, kind in zip(judging.names, judging.kinds, strict=True)}
 
 
 def _rounded_means(cosines_by_name: dict[str, np.ndarray]) -> dict[str, float]:

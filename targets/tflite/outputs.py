@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.artifact import OnnxModel, to_onnx_shape
+from core.artifact import to_onnx_shape
 from core.errors import ConverterError
 from core.parity import cosine_per_sample
 
@@ -25,15 +25,10 @@ def channels_first(values: np.ndarray, layout: str) -> np.ndarray:
     return np.moveaxis(values, -1, 1)
 
 
-def match_outputs(onnx_model: OnnxModel, litert_outputs: list[np.ndarray], samples_nchw: np.ndarray) -> list[dict]:
-    """[{"name": ONNX output, "index": LiteRT output position, "layout": AS_IS | CHANNELS_LAST}] in the ONNX
-    model's order. `litert_outputs`: the fp32 model's outputs on `samples_nchw`, in LiteRT's order."""
-    return match_onnx_outputs(onnx_model.path, list(onnx_model.output_names), litert_outputs, samples_nchw)
-
-
-def match_onnx_outputs(onnx_path, names: list[str], litert_outputs: list[np.ndarray],
-                       samples_nchw: np.ndarray) -> list[dict]:
-    """match_outputs for the ONNX file at `onnx_path` with outputs `names` (what the converter child has)."""
+def match_outputs(onnx_path, names: list[str], litert_outputs: list[np.ndarray], samples_nchw: np.ndarray) -> list[dict]:
+    """[{"name": ONNX output, "index": LiteRT output position, "layout": AS_IS | CHANNELS_LAST}] for the outputs
+    `names` of the ONNX file at `onnx_path`, in that order. `litert_outputs`: the fp32 model's outputs on
+    `samples_nchw`, in LiteRT's order."""
     import onnx
 
     from graph.onnx_run import inner_tensors

@@ -98,10 +98,9 @@ def output_scores(reference: ModelOutputs, outputs: ModelOutputs, judging: Outpu
 
 def score_label(judging: OutputJudging | None) -> str:
     """"cosine" when every output is scored by its cosine, else "score" (outputs by their kinds' figures)."""
-    from core.output_kinds import GATED_FIGURE, LOGITS
+    from core.output_kinds import PER_SAMPLE_FIGURE
 
-    figures = [kind for kind in (judging.kinds if judging else ()) if kind in GATED_FIGURE and kind != LOGITS]
-    return "score" if figures else "cosine"
+    return "score" if any(kind in PER_SAMPLE_FIGURE for kind in (judging.kinds if judging else ())) else "cosine"
 
 
 def kinds_of(judging: OutputJudging | None) -> dict[str, str] | None:

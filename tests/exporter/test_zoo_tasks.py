@@ -14,21 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.sources import load_state_dict
-from exporter.zoo import ZOO
 from exporter.zoo import task_training as tasks
 from exporter.zoo.scenes import BACKGROUND, held_out_scenes, training_scenes
 from exporter.zoo.ssdlite import anchor_boxes, decode, encode
 from tests.helpers import REPO, run_cli
 
 DETECTOR, SEGMENTER = "ssdlite_mobilenet_v2", "lraspp_mobilenet_v3_small"
-
-
-def _trained(name: str):
-    entry = ZOO[name]
-    model = entry.build()
-    model.load_state_dict({key: value.float() for key, value in load_state_dict(entry.pretrained_weights()).items()})
-    return model.eval()
 
 
 def test_every_scene_digit_has_its_mask_inside_its_true_box():
@@ -59,7 +50,7 @@ def test_the_detector_finds_held_out_digits_as_its_training_recorded():
     Measured with 1 and 2 threads (identical) on three draws of 300 held-out scenes (seeds 1, 2, 3): recall
     0.718, 0.703, 0.723, precision 0.921, 0.898, 0.929. The bounds sit below the lowest draw by about as much
     again as the draws spread (0.02 and 0.03)."""
-    quality = tasks.judge(DETECTOR, _trained(DETECTOR), held_out_scenes(300))
+    quality = tasks.judge(DETECTOR, tasks.trained_model(DETECTOR), held_out_scenes(300))
     assert quality["recall"] >= 0.68 and quality["precision"] >= 0.87, quality
 
 
@@ -67,7 +58,7 @@ def test_the_segmenter_segments_held_out_digits_as_its_training_recorded():
     """Mean IoU over background and the ten digits (calling every pixel background would give about 0.09).
     Measured as above (seeds 1, 2, 3; 1 and 2 threads identical): mean IoU 0.383, 0.359, 0.363, pixel accuracy
     0.958, 0.954, 0.956; the bounds sit below the lowest by the spread of the draws (0.024, 0.004)."""
-    quality = tasks.judge(SEGMENTER, _trained(SEGMENTER), held_out_scenes(300))
+    quality = tasks.judge(SEGMENTER, tasks.trained_model(SEGMENTER), held_out_scenes(300))
     assert quality["mean_iou"] >= 0.335 and quality["pixel_accuracy"] >= 0.95, quality
 
 
