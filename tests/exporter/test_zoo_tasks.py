@@ -94,7 +94,8 @@ def test_the_segmenter_exports_to_ncnn_with_its_mask_judged_as_a_class_map(tmp_p
     assert manifest["outputs"] == [{"name": "mask", "shape": [1, 11, 128, 128], "kind": "class_map"}]
     for artifact in manifest["artifacts"]:  # one output: the record is the mask's own
         mask = artifact["parity"]
-        # fp16 measured 0.99991 (ncnn) on 150 scenes, fp32 1.0: the bound leaves room for flipped boundary pixels
+        # ncnn fp16 measured 0.999924 on these 24 scenes (OMP_NUM_THREADS 1 and 2 alike; 0.99991 on 150), fp32 1.0:
+        # the bound leaves twelve times the measured shortfall for boundary pixels another CPU may flip
         assert mask["kind"] == "class_map" and mask["metrics"]["pixel_agreement"] >= 0.999, artifact["runtime"]
 
 
