@@ -16,6 +16,7 @@ Prints every artifact's sha256 per setting; exit 1 when an artifact the manifest
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -47,9 +48,15 @@ def export(model: str, out: Path, settings: dict[str, str]) -> dict:
     manifest = json.loads((folder / "manifest.json").read_text())
     return {"seconds": round(time.perf_counter() - started, 1),
             "exit_code": result.returncode,
-            "artifacts": {a["path"]: {"sha256": a["sha256"], "reproducible": a["reproducible"],
+            # every file of an artifact (an ncnn .param holds no weights; its .bin does)
+            "artifacts": {a["path"]: {"sha256": _files_sha256(a), "reproducible": a["reproducible"],
                                       "cosine": a["parity"]["cosine"], "top1": a["parity"]["top1_agreement"]}
                           for a in manifest["artifacts"]}}
+
+
+def _files_sha256(artifact: dict) -> str:
+    files = artifact.get("files") or [{"sha256": artifact["sha256"]}]
+    return files[0]["sha256"] if len(files) == 1 else hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
     "fp32": ParityThresholds(cosine=0.99999),
     "fp16": ParityThresholds(cosine=0.999),
     "int8": ParityThresholds(cosine=0.99, top1_agreement=0.95, **_INT8_TASK_GATES),
+    # Core ML int8 weights and activations: gated like int8
+    "w8a8": ParityThresholds(cosine=0.99, top1_agreement=0.95, **_INT8_TASK_GATES),
     # Core ML 6-bit weights: gated like int8
     "palette6": ParityThresholds(cosine=0.99, top1_agreement=0.95, **_INT8_TASK_GATES),
 }

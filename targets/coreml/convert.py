@@ -1,7 +1,8 @@
 """coremltools converts the traced PyTorch module to ML Program `.mlpackage`s, one per precision.
 
-fp32, fp16 (float16 weights and compute), and int8 (int8 weights, per-channel symmetric, dequantized to
-float16 at load; compute stays float16); on request (job.coreml_palettize) palette6 (6-bit k-means
+fp32, fp16 (float16 weights and compute), int8 (int8 weights, per-channel symmetric, dequantized to
+float16 at load; compute stays float16), and w8a8 (the same int8 weights and 8-bit activations, iOS 17+:
+w8a8.py); on request (job.coreml_palettize) palette6 (6-bit k-means
 look-up-table weights, float16 compute).
 
 With class labels (the export's labels, one per output of a (1, classes) output), each package is a
@@ -27,11 +28,13 @@ from core.errors import ConverterError
 from targets.coreml.mil_reference import load_program
 from targets.coreml.preprocessing import INPUT_NAME, OUTPUT_NAME, ImagePreprocessing, image_preprocessing
 from targets.coreml.tools import EVALUATOR_REFERENCE, evaluator_name, import_coremltools
+from targets.coreml.w8a8 import MINIMUM_DEPLOYMENT_TARGET as W8A8_DEPLOYMENT_TARGET
+from targets.coreml.w8a8 import RANGE_DESCRIPTION, W8A8_PRECISION, activation_quantized
 
 CLASS_LABEL_NAME = "classLabel"
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", W8A8_PRECISION)
 
 
 PALETTE_PRECISION = "palette6"  # 6-bit palettized weights (a 64-entry look-up table per tensor), on request
@@ -63,8 +66,9 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
     ct = import_coremltools()
     try:
         with output_to(job.log_path):
+            calibration_pixels = preprocessing.pixels_from_tensor(job.calibration)
             models = _convert_all(ct, traced, job.contract, preprocessing, class_labels, precisions,
-                                  tuple(outputs.values()))
+                                  tuple(outputs.values()), calibration_pixels, job.workdir)
             for precision, model in models.items():
                 folder = job.workdir / precision
                 folder.mkdir()
@@ -77,7 +81,7 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
     if classifier:
         outputs = {job.onnx.output_names[0]: classifier["scores_output"]}
     return [_artifact(job.workdir / precision / "model.mlpackage", runtime, precision, preprocessing, source,
-                      classifier, outputs) for precision in precisions]
+                      classifier, outputs, len(job.calibration)) for precision in precisions]
 
 
 def coreml_output_names(onnx_names: tuple[str, ...]) -> dict[str, str]:
@@ -89,17 +93,21 @@ def coreml_output_names(onnx_names: tuple[str, ...]) -> dict[str, str]:
 
 
 def _artifact(path: Path, runtime: str, precision: str, preprocessing: ImagePreprocessing, source: str,
-              classifier: dict | None, outputs: dict[str, str]) -> Artifact:
+              classifier: dict | None, outputs: dict[str, str], calibration_samples: int) -> Artifact:
     # Reading the program back lists its ops and fails early, here, on one the evaluator lacks.
     program_ops = load_program(path).op_counts if evaluator_name() == EVALUATOR_REFERENCE else None
+    w8a8 = precision == W8A8_PRECISION
     return Artifact(
         path=path, runtime=runtime, precision=precision,
         details={
             "format": "mlprogram (.mlpackage)",
-            "minimum_deployment_target": MINIMUM_DEPLOYMENT_TARGET,
+            "minimum_deployment_target": W8A8_DEPLOYMENT_TARGET if w8a8 else MINIMUM_DEPLOYMENT_TARGET,
             "source": source,
             "compute_precision": "float32" if precision == "fp32" else "float16",
             "weights": WEIGHT_DESCRIPTIONS[precision],
+            **({"activations": {"int8": RANGE_DESCRIPTION,
+                                "calibration_samples": calibration_samples}}
+               if w8a8 else {}),
             "input": {"name": INPUT_NAME, "type": "ImageType", **asdict(preprocessing)},
             "output_name": next(iter(outputs.values())),  # the first; "outputs" maps every ONNX output to its own
             "outputs": outputs,
@@ -127,6 +135,7 @@ WEIGHT_DESCRIPTIONS = {
     "fp16": "float16",
     "int8": f"int8 per-channel symmetric (linear_quantize_weights) for tensors of {QUANTIZE_MIN_ELEMENTS}+ elements, "
             "float16 below; float16 compute",
+    W8A8_PRECISION: "as int8; activations 8-bit (quantize/dequantize pairs, iOS 17+), float16 compute between them",
     PALETTE_PRECISION: f"{PALETTE_BITS}-bit palettized (palettize_weights, k-means look-up table per tensor) for "
                        f"tensors of {QUANTIZE_MIN_ELEMENTS}+ elements, float16 below; float16 compute",
 }
@@ -204,7 +213,7 @@ def _trace(module, contract: InputContract, preprocessing: ImagePreprocessing):
 
 
 def _convert_all(ct, traced, contract: InputContract, preprocessing: ImagePreprocessing, class_labels,
-                 precisions: tuple[str, ...], output_names: tuple[str, ...]) -> dict:
+                 precisions: tuple[str, ...], output_names: tuple[str, ...], calibration_pixels, scratch: Path) -> dict:
     from coremltools.optimize import coreml as optimize
 
     layout = {"RGB": ct.colorlayout.RGB, "BGR": ct.colorlayout.BGR, "G": ct.colorlayout.GRAYSCALE}
@@ -216,9 +225,13 @@ def _convert_all(ct, traced, contract: InputContract, preprocessing: ImagePrepro
                   classifier_config=classifier, minimum_deployment_target=getattr(ct.target, MINIMUM_DEPLOYMENT_TARGET))
     fp32 = ct.convert(traced, compute_precision=ct.precision.FLOAT32, **common)
     fp16 = ct.convert(traced, compute_precision=ct.precision.FLOAT16, **common)
-    int8 = optimize.linear_quantize_weights(fp16, optimize.OptimizationConfig(global_config=optimize.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=QUANTIZE_MIN_ELEMENTS)))
-    models = {"fp32": fp32, "fp16": fp16, "int8": int8}
+    weight_config = optimize.OptimizationConfig(global_config=optimize.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=QUANTIZE_MIN_ELEMENTS))
+    int8 = optimize.linear_quantize_weights(fp16, weight_config)
+    fp16_ios17 = ct.convert(traced, compute_precision=ct.precision.FLOAT16,
+                            **{**common, "minimum_deployment_target": getattr(ct.target, W8A8_DEPLOYMENT_TARGET)})
+    w8a8 = activation_quantized(ct, fp16_ios17, calibration_pixels, scratch, weight_config)
+    models = {"fp32": fp32, "fp16": fp16, "int8": int8, W8A8_PRECISION: w8a8}
     if PALETTE_PRECISION in precisions:
         models[PALETTE_PRECISION] = optimize.palettize_weights(fp16, optimize.OptimizationConfig(
             global_config=optimize.OpPalettizerConfig(mode="kmeans", nbits=PALETTE_BITS,

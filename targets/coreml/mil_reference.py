@@ -611,19 +611,41 @@ def _slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, 
     return x[tuple(index)]
 
 
+def _along_axis(tensor, like, axis):
+    """A scalar as it is, or a per-channel vector shaped to broadcast along `axis` of `like`."""
+    if tensor is None:
+        return 0.0
+    if tensor.dim() == 0 or axis is None:
+        return tensor.float()
+    shape = [1] * like.dim()
+    shape[int(_scalar(axis)) % like.dim()] = -1
+    return tensor.float().reshape(shape)
+
+
 @op("constexpr_affine_dequantize")
 def _affine_dequantize(quantized_data, zero_point, scale, axis):
     """(quantized - zero_point) * scale, with per-channel zero point and scale along `axis`."""
-    axis = int(_scalar(axis)) % quantized_data.dim()
+    return (quantized_data.float() - _along_axis(zero_point, quantized_data, axis)) * _along_axis(scale, quantized_data,
+                                                                                                  axis)
 
-    def along_axis(tensor):
-        if tensor.dim() == 0:
-            return tensor.float()
-        shape = [1] * quantized_data.dim()
-        shape[axis] = -1
-        return tensor.float().reshape(shape)
 
-    return (quantized_data.float() - along_axis(zero_point)) * along_axis(scale)
+_QUANTIZED_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+@op("quantize")
+def _quantize(input, scale, output_dtype, zero_point=None, axis=None):  # noqa: A002 (MIL's argument name)
+    """iOS 17's activation quantization: round(input / scale) + zero_point, clipped to the integer type."""
+    if output_dtype not in _QUANTIZED_RANGES:
+        raise UnverifiedOp("quantize", f"to {output_dtype}")
+    low, high = _QUANTIZED_RANGES[output_dtype]
+    levels = _torch().round(input.float() / _along_axis(scale, input, axis)) + _along_axis(zero_point, input, axis)
+    return levels.clamp(low, high).to(getattr(_torch(), output_dtype))
+
+
+@op("dequantize")
+def _dequantize(input, scale, zero_point=None, axis=None):  # noqa: A002
+    """(input - zero_point) * scale, the inverse of quantize up to its rounding."""
+    return (input.float() - _along_axis(zero_point, input, axis)) * _along_axis(scale, input, axis)
 
 
 @op("constexpr_blockwise_shift_scale")

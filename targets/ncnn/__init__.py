@@ -1,6 +1,7 @@
-"""ncnn for Android and Linux boards: fp32 and fp16-storage .param/.bin pairs made by pnnx, run by the ncnn wheel.
+"""ncnn for Android and Linux boards: fp32 and fp16-storage .param/.bin pairs made by pnnx, and an int8 pair
+written from the fp32 one, run by the ncnn wheel.
 
-convert.py runs pnnx; runner.py runs the pairs; explain.py, snippet.py and device.py are what explain, the
+convert.py runs pnnx; int8.py writes the int8 pair (weights.py reads the fp32 .bin); runner.py runs the pairs; explain.py, snippet.py and device.py are what explain, the
 bundle and `bench --device` need of this runtime.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from core.target import DeviceMeasurement, DeviceRun, SnippetContract, Target
 
 # The options the runner reports with a host timing, as ncnn.Option names them.
 TIMING_OPTIONS = ("num_threads", "use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
-                  "use_packing_layout", "use_winograd_convolution", "use_sgemm_convolution", "use_vulkan_compute")
+                  "use_int8_inference", "use_packing_layout", "use_winograd_convolution", "use_sgemm_convolution", "use_vulkan_compute")
 
 
 class NcnnTarget(Target):
@@ -21,7 +22,9 @@ class NcnnTarget(Target):
     display_name = "ncnn"
     platforms = ("android",)
     profile_runtime = "ncnn"
-    reproducible_precisions = frozenset({"fp32", "fp16"})  # measured on 2026-11-23, two exports
+    # fp32/fp16 measured on 2026-11-23, two exports; int8 on 2026-12-06 (bench/reproducibility.py, 1/2/4 threads and
+    # MKL on its AVX2 path): its calibration runs ncnn with one thread and snaps thresholds to a grid (int8.py)
+    reproducible_precisions = frozenset({"fp32", "fp16", "int8"})
     layout_ops = ("Permute",)
     pad_ops = ("Padding",)
     benchmark_binary = "benchncnn"

@@ -1,4 +1,5 @@
-"""pnnx converts the ONNX graph to ncnn .param/.bin pairs, fp32 and fp16 storage.
+"""pnnx converts the ONNX graph to ncnn .param/.bin pairs, fp32 and fp16 storage; int8 is written from the fp32
+pair (targets/ncnn/int8.py).
 
 pnnx writes several side files (its own .pnnx.param, Python re-creations of the model); every path is
 given explicitly so all of them land in the private work folder and only the ncnn pair is kept.
@@ -23,7 +24,33 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
     after the other on the digits model)."""
     calls = {precision: _pnnx_call(job, precision, flag) for precision, flag in STORAGE_PRECISIONS.items()}
     run_converters_side_by_side(list(calls.values()), log_path=job.log_path, timeout_s=job.timeout_s)
-    return [_artifact(job, runtime, precision, call.cwd) for precision, call in calls.items()]
+    artifacts = [_artifact(job, runtime, precision, call.cwd) for precision, call in calls.items()]
+    return [*artifacts, *_int8_artifacts(job, runtime, artifacts[0])]
+
+
+def _int8_artifacts(job: ConversionJob, runtime: str, fp32: Artifact) -> list[Artifact]:
+    """The int8 pair, or none when its writer cannot place a layer's weights: the reason goes to the log and to
+    the fp32 artifact's details (the manifest), and the fp32 and fp16 pairs still ship."""
+    from targets.ncnn.fallback import gate_fallback
+    from targets.ncnn.int8 import write_int8
+
+    folder, scratch = job.workdir / "int8", job.workdir / "int8_fallback"
+    folder.mkdir()
+    scratch.mkdir()
+    fallback = None if job.int8_fallback_gate is None else gate_fallback(
+        fp32.path, fp32.companions[0], fp32.details["output_blobs"], job.calibration, job.int8_fallback_gate,
+        job.output_kinds, scratch)
+    try:
+        record = write_int8(fp32.path, fp32.companions[0], job.calibration, folder / PARAM_NAME, folder / WEIGHTS_NAME,
+                            fallback)
+    except ConverterError as error:
+        with open(job.log_path, "a", encoding="utf-8") as log:
+            log.write(f"ncnn int8 not built: {error} ({error.hint})\n")
+        fp32.details["int8"] = f"not built: {error}"
+        return []
+    int8 = _artifact(job, runtime, "int8", folder)
+    int8.details["int8_recipe"] = record.to_details()
+    return [int8]
 
 
 def _pnnx_call(job: ConversionJob, precision: str, fp16_flag: int) -> ConverterCall:

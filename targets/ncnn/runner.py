@@ -66,6 +66,7 @@ class NcnnRunner(OutputsRunner):
         options.use_fp16_storage = half
         options.use_fp16_arithmetic = half
         options.use_bf16_storage = False
+        options.use_int8_inference = precision == "int8"  # the layers with int8_scale_term compute in int8
         options.use_vulkan_compute = False
         if self._net.load_param(str(param)) != 0 or self._net.load_model(str(weights)) != 0:
             raise ConverterError(f"ncnn cannot load {param.name} / {weights.name}", hint="the files are damaged; re-export")

@@ -149,13 +149,13 @@ def test_a_zoo_model_exports_by_the_command_line_into_one_passing_row_per_artifa
 
     rows = json.loads((tmp_path / "zoo_matrix.json").read_text())["rows"]
     assert exit_code == 0, rows
-    assert [row["artifact"] for row in rows] == ["onnx fp32", "ncnn fp32", "ncnn fp16"]
+    assert [row["artifact"] for row in rows] == ["onnx fp32", "ncnn fp32", "ncnn fp16", "ncnn int8"]
     assert all(row["passed"] and row["weights"] == "digits (trained)" for row in rows), rows
     manifest = json.loads((tmp_path / "shufflenet_v2_x0_5" / "manifest.json").read_text())
     assert {artifact["parity"]["samples"] for artifact in manifest["artifacts"]} == {1797 - digits.TRAIN_COUNT}
     ncnn_ops = [artifact["details"]["ops"] for artifact in manifest["artifacts"] if artifact["runtime"] == "ncnn"]
     assert all(ops["ShuffleChannel"] == SHUFFLES["shufflenet_v2_x0_5"] for ops in ncnn_ops)
-    assert [row["transposes"] for row in rows] == [None, 0, 0]
+    assert [row["transposes"] for row in rows] == [None, 0, 0, 0]
 
 
 @pytest.mark.slow

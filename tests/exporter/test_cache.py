@@ -62,7 +62,7 @@ def ncnn_export(user_package: Path, photos: Path, out: Path, *extra: str):
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((out / "my_mod" / "manifest.json").read_text())
     ncnn = [a for a in manifest["artifacts"] if a["runtime"] == "ncnn"]
-    assert len(ncnn) == 2 and all(a["parity"]["passed"] for a in ncnn)
+    assert len(ncnn) == 3 and all(a["parity"]["passed"] for a in ncnn)
     return result, ncnn
 
 

@@ -72,7 +72,8 @@ def test_ios_after_android_lists_every_artifact_with_its_parity_and_reuse_key(io
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert [(a["runtime"], a["precision"]) for a in manifest["artifacts"]] == [
         ("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("ncnn", "fp32"),
-        ("ncnn", "fp16"), ("coreml", "fp32"), ("coreml", "fp16"), ("coreml", "int8"), ("coreml", "palette6")]
+        ("ncnn", "fp16"), ("ncnn", "int8"), ("coreml", "fp32"), ("coreml", "fp16"), ("coreml", "int8"), ("coreml", "w8a8"),
+        ("coreml", "palette6")]
     assert manifest["gates_passed"] is True and manifest["failed_targets"] == []
     android = by_name(json.loads((digits_android_export / "manifest.json").read_text()))
     for name, artifact in by_name(manifest).items():
@@ -90,10 +91,10 @@ def test_ios_after_android_lists_every_artifact_with_its_parity_and_reuse_key(io
 def test_ios_after_android_says_which_artifacts_it_kept_and_that_it_measured_them_again(ios_export):
     result, _ = ios_export
     assert ("kept: my_mod_fp32.tflite, my_mod_fp16.tflite, my_mod_int8.tflite, my_mod_fp32.ncnn.param, "
-            "my_mod_fp16.ncnn.param from an earlier export") in result.stdout
+            "my_mod_fp16.ncnn.param, my_mod_int8.ncnn.param from an earlier export") in result.stdout
     assert "their parity was measured again by this export" in result.stdout
     kept_rows = [line for line in result.stdout.splitlines() if line.endswith("pass  kept")]
-    assert len(kept_rows) == 5 and not any("mlpackage" in row for row in kept_rows)
+    assert len(kept_rows) == 6 and not any("mlpackage" in row for row in kept_rows)
 
 
 def test_ios_after_android_bundles_and_reports_every_artifact(ios_export):

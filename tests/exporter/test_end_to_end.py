@@ -23,7 +23,7 @@ def test_android_export_exits_0_with_every_artifact(android_export):
     manifest = json.loads((model_dir / "manifest.json").read_text())
     produced = {(a["runtime"], a["precision"]) for a in manifest["artifacts"]}
     assert produced == {("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"),
-                        ("ncnn", "fp32"), ("ncnn", "fp16")}
+                        ("ncnn", "fp32"), ("ncnn", "fp16"), ("ncnn", "int8")}
     assert manifest["gates_passed"] is True
     assert all(a["target"] == "android" for a in manifest["artifacts"])
 

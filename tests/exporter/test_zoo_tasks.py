@@ -95,8 +95,10 @@ def test_the_segmenter_exports_to_ncnn_with_its_mask_judged_as_a_class_map(tmp_p
     for artifact in manifest["artifacts"]:  # one output: the record is the mask's own
         mask = artifact["parity"]
         # ncnn fp16 measured 0.999924 on these 24 scenes (OMP_NUM_THREADS 1 and 2 alike; 0.99991 on 150), fp32 1.0:
-        # the bound leaves twelve times the measured shortfall for boundary pixels another CPU may flip
-        assert mask["kind"] == "class_map" and mask["metrics"]["pixel_agreement"] >= 0.999, artifact["runtime"]
+        # the bound leaves twelve times the measured shortfall for boundary pixels another CPU may flip. int8 is held
+        # to its gate (0.98) by the export itself; measured 0.9866 here.
+        bound = 0.98 if artifact["precision"] == "int8" else 0.999
+        assert mask["kind"] == "class_map" and mask["metrics"]["pixel_agreement"] >= bound, artifact["precision"]
 
 
 # ---- slow: every runtime ---------------------------------------------------------------------------------

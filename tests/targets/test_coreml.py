@@ -41,8 +41,8 @@ def test_ios_export_builds_mlpackages_whose_parity_the_evaluator_computed(ios_ex
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((model_dir / "manifest.json").read_text())
     coreml = {a["precision"]: a for a in manifest["artifacts"] if a["runtime"] == "coreml"}
-    assert set(coreml) == {"fp32", "fp16", "int8", "palette6"}
-    for precision, minimum in (("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.99), ("palette6", 0.99)):
+    assert set(coreml) == {"fp32", "fp16", "int8", "w8a8", "palette6"}
+    for precision, minimum in (("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.99), ("w8a8", 0.99), ("palette6", 0.99)):
         artifact = coreml[precision]
         assert artifact["path"] == f"my_mod_{precision}.mlpackage"
         assert (model_dir / artifact["path"] / "Manifest.json").is_file()
@@ -52,6 +52,9 @@ def test_ios_export_builds_mlpackages_whose_parity_the_evaluator_computed(ios_ex
         assert artifact["parity"]["samples"] >= 15
     assert coreml["int8"]["details"]["ops"]["constexpr_affine_dequantize"] >= 1  # int8 weights really are there
     assert coreml["palette6"]["details"]["ops"]["constexpr_lut_to_dense"] >= 1  # and 6-bit look-up tables
+    w8a8 = coreml["w8a8"]["details"]  # 8-bit activations around every convolution, for iOS 17
+    assert w8a8["ops"]["quantize"] >= w8a8["ops"]["conv"] and w8a8["minimum_deployment_target"] == "iOS17"
+    assert w8a8["activations"]["calibration_samples"] == manifest["data"]["calibration_samples"]
     # With labels each package is a classifier; parity compared its score dictionary, which the evaluator ran.
     assert coreml["fp32"]["details"]["ops"]["classify"] == 1
     assert coreml["fp32"]["details"]["classifier"]["scores_output"] == coreml["fp32"]["details"]["output_name"]
@@ -94,7 +97,7 @@ def test_the_classifier_labels_each_score_with_its_class_name(ios_export):
     assert outputs["classLabel"] == DIGIT_NAMES[int(outputs["classLabel_probs"].argmax())]
 
 
-@pytest.mark.parametrize("precision", ["int8", "palette6"])
+@pytest.mark.parametrize("precision", ["int8", "w8a8", "palette6"])
 def test_weights_are_read_without_running_the_program_and_match_a_full_run(ios_export, precision):
     from targets.coreml.mil_reference import is_constant, load_program
 
@@ -215,7 +218,7 @@ def test_an_onnx_source_converts_through_a_regenerated_pytorch_module(tmp_path):
     )
     job.workdir.mkdir()
     artifacts = {a.precision: a for a in CoreMLTarget().convert(job)}
-    assert set(artifacts) == {"fp32", "fp16", "int8"}
+    assert set(artifacts) == {"fp32", "fp16", "int8", "w8a8"}
     assert "pnnx" in artifacts["fp32"].details["source"]
     assert "pnnx" in (tmp_path / "coreml.log").read_text()
 

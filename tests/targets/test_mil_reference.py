@@ -230,3 +230,34 @@ def test_classify_returns_the_top_label_and_the_raw_scores():
     label, returned = OPS["classify"](probabilities=scores, classes=["cat", "dog", "fish"])
     assert label == "fish"
     assert torch.equal(returned, scores)  # no softmax: the dictionary holds the model's own outputs
+
+
+def test_activation_quantize_matches_coremltools_and_dequantize_undoes_it():
+    """iOS 17's quantize / dequantize pair (W8A8 packages): quantize against coremltools' own value inference, per
+    tensor and per channel; dequantize (no value inference there) against its definition."""
+    ct = import_coremltools()
+    from coremltools.converters.mil import Builder as mb
+
+    channel_scales, channel_zero_points = np.linspace(0.02, 0.1, 6).astype(np.float32), np.full(6, 100, np.uint8)
+    captured = {}
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1,))], opset_version=ct.target.iOS17)
+    def program(unused):
+        captured["tensor"] = mb.quantize(input=X, scale=np.float32(0.05), zero_point=np.int8(3), output_dtype="int8").val
+        captured["channel"] = mb.quantize(input=X, scale=channel_scales, zero_point=channel_zero_points, axis=1,
+                                          output_dtype="uint8").val
+        return unused
+
+    ours = OPS["quantize"](input=torch.from_numpy(X), scale=torch.tensor(0.05), zero_point=torch.tensor(3, dtype=torch.int8),
+                           output_dtype="int8")
+    assert ours.dtype == torch.int8 and np.array_equal(ours.numpy(), captured["tensor"])
+    ours = OPS["quantize"](input=torch.from_numpy(X), scale=torch.from_numpy(channel_scales), axis=torch.tensor(1),
+                           zero_point=torch.from_numpy(channel_zero_points), output_dtype="uint8")
+    assert ours.dtype == torch.uint8 and np.array_equal(ours.numpy(), captured["channel"])
+    back = OPS["dequantize"](input=torch.from_numpy(captured["channel"]), scale=torch.from_numpy(channel_scales),
+                             zero_point=torch.from_numpy(channel_zero_points), axis=torch.tensor(1))
+    step = channel_scales.reshape(1, -1, 1, 1)
+    inside = (X > -100 * step) & (X < 155 * step)  # values the uint8 range holds come back within half a step
+    half_step = np.broadcast_to(step / 2, X.shape)
+    assert inside.mean() > 0.5 and np.all(np.abs(back.numpy() - X)[inside] <= half_step[inside] * (1 + 1e-5))
+    np.testing.assert_allclose(back.numpy(), (captured["channel"].astype(np.float32) - 100) * step, rtol=1e-6)

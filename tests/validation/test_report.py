@@ -129,7 +129,7 @@ def test_parity_section_names_each_changed_top1_answer_and_the_references_lead(r
     model_dir = tmp_path / "my_mod"
     shutil.copytree(reported, model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
+    (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8" and a["runtime"] == "tflite"]
     # Test input: a near-tie and a real error, as compare() records them.
     int8["parity"]["top1_changes"] = [
         {"sample": 3, "reference_class": 7, "artifact_class": 1, "reference_lead": 0.004},
@@ -166,7 +166,7 @@ def test_parity_section_says_which_tensors_an_int8_artifact_keeps_in_float_and_w
     model_dir = tmp_path / "my_mod"
     shutil.copytree(reported, model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
+    (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8" and a["runtime"] == "tflite"]
     assert int8["details"]["int8_recipe"]["float_fallback"]["needed"] is False  # the digits model needs none
     assert report_cli(model_dir).exit_code == 0
     assert "in float" not in (model_dir / "report.md").read_text()
