@@ -63,6 +63,7 @@ class ConversionJob:
     torch_module: object | None = None  # the eval-mode torch.nn.Module, for targets that convert from PyTorch
     labels: tuple[str, ...] | None = None  # class names, one per output index, for targets that embed them
     coreml_palettize: bool = False  # Core ML: also build the 6-bit palettized package
+    coreml_w8a8: bool = False  # Core ML: also build the package with 8-bit activations (iOS 17+)
     # The gate under which the int8 target keeps a few tensors in float (None: every op stays integer).
     int8_fallback_gate: ParityThresholds | None = None
     # Each output's kind (core/output_kinds.py), by ONNX name: the int8 target's fallback judges outputs by them.

@@ -48,7 +48,7 @@ MADE_FROM = {
     "labels": MadeFrom(lambda job: job.labels, "other labels", embedded_only=True),
 }
 # The job's other fields that shape artifacts: how, not from what; each artifact records its own.
-OPTIONS = ("int8_io", "coreml_palettize", "int8_fallback_gate", "output_kinds")
+OPTIONS = ("int8_io", "coreml_palettize", "coreml_w8a8", "int8_fallback_gate", "output_kinds")
 # The floors conversions run on: a change there may change what a target builds.
 CONVERSION_CODE = tuple(Path(__file__).resolve().parents[1] / floor for floor in ("core", "graph", "targets"))
 

@@ -32,6 +32,7 @@ class ExportSpec:
     int8_io: bool = False
     pure_int8: bool = False  # no float fallback: every op of the int8 TFLite model stays integer
     coreml_palettize: bool = False  # also build a 6-bit palettized Core ML package
+    coreml_w8a8: bool = False  # also build a Core ML package with 8-bit activations (iOS 17+)
     rebuild: bool = False  # convert every target even when the previous export's artifacts could be reused
     calibration_samples: int = 120
     timeout_s: float = 1800.0
@@ -55,7 +56,7 @@ class ExportSpec:
 
 # Flags and config keys that are plain values; the contract and thresholds are assembled separately.
 SCALAR_KEYS = ("model", "target", "out", "weights", "trust_pickle", "calib", "val", "labels", "int8_io",
-               "pure_int8", "coreml_palettize", "rebuild", "calibration_samples", "timeout_s")
+               "pure_int8", "coreml_palettize", "coreml_w8a8", "rebuild", "calibration_samples", "timeout_s")
 CONTRACT_KEYS = ("input_shape", "mean", "std", "color", "pixel_scale")
 
 

@@ -184,6 +184,7 @@ def _conversion_job(run: ExportRun, onnx_model: OnnxModel) -> ConversionJob:
         onnx=onnx_model, contract=spec.contract, calibration=run.datasets.calibration, workdir=run.staging,
         log_path=run.log_path(interchange_target().name), timeout_s=spec.timeout_s, int8_io=spec.int8_io,
         torch_module=run.loaded.module, labels=run.labels, coreml_palettize=spec.coreml_palettize,
+        coreml_w8a8=spec.coreml_w8a8,
         int8_fallback_gate=None if spec.pure_int8 else spec.thresholds["int8"], output_kinds=run.output_kinds,
     )
 

@@ -107,7 +107,7 @@ def ios_export(digits_android_export, digit_photo_folder, user_package, tmp_path
     labels.write_text("\n".join(DIGIT_NAMES) + "\n")
     result = run_cli(
         ["--model", "python:my_pkg.my_mod:build", *DIGITS_CONTRACT, "--calib", str(digit_photo_folder),
-         "--labels", str(labels), "--coreml-palettize", "--target", "ios", "--out", str(out)],
+         "--labels", str(labels), "--coreml-palettize", "--coreml-w8a8", "--target", "ios", "--out", str(out)],
         cwd=user_package,
     )
     return result, model_dir

@@ -29,6 +29,8 @@ from exporter.config import DEFAULT_TARGET, TARGET_GROUPS
 @click.option("--pure-int8", is_flag=True, default=None,
               help="never keep int8 layers in float to pass the gate (for NPU/DSP delegates that run integer graphs only)")
 @click.option("--coreml-palettize", is_flag=True, default=None, help="also build a 6-bit palettized Core ML package")
+@click.option("--coreml-w8a8", is_flag=True, default=None,
+              help="also build a Core ML package with int8 weights and 8-bit activations (iOS 17+)")
 @click.option("--rebuild", is_flag=True, default=None,
               help="convert again even if nothing changed since the last export, and remove what earlier exports "
                    "left in OUT/<model> that cannot be kept (another model's artifacts, edited files)")

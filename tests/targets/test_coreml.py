@@ -218,7 +218,7 @@ def test_an_onnx_source_converts_through_a_regenerated_pytorch_module(tmp_path):
     )
     job.workdir.mkdir()
     artifacts = {a.precision: a for a in CoreMLTarget().convert(job)}
-    assert set(artifacts) == {"fp32", "fp16", "int8", "w8a8"}
+    assert set(artifacts) == {"fp32", "fp16", "int8"}
     assert "pnnx" in artifacts["fp32"].details["source"]
     assert "pnnx" in (tmp_path / "coreml.log").read_text()
 
