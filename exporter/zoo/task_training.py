@@ -19,7 +19,6 @@ from exporter.zoo import IMAGENET_MEAN, IMAGENET_STD, TASK_WEIGHTS_DIR, ZOO, dig
 from exporter.zoo.digits import fit, recalibrate_batch_norm, save_half_precision
 from exporter.zoo.scenes import BACKGROUND, CLASSES, SCENE_SIZE, Scenes, held_out_scenes, training_scenes
 
-RECORD_NAME = "trained.json"
 SEED = 0
 HELD_OUT_SCENES = 300  # judged after training
 MATCH_IOU = 0.5  # an anchor (or a detection) covers an object from this IoU on, as in SSD and PASCAL VOC

@@ -68,9 +68,8 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
     ct = import_coremltools()
     try:
         with output_to(job.log_path):
-            calibration_pixels = preprocessing.pixels_from_tensor(job.calibration)
             models = _convert_all(ct, traced, job.contract, preprocessing, class_labels, precisions,
-                                  tuple(outputs.values()), calibration_pixels, job.workdir)
+                                  tuple(outputs.values()), job.calibration, job.workdir)
             for precision, model in models.items():
                 folder = job.workdir / precision
                 folder.mkdir()
@@ -215,7 +214,7 @@ def _trace(module, contract: InputContract, preprocessing: ImagePreprocessing):
 
 
 def _convert_all(ct, traced, contract: InputContract, preprocessing: ImagePreprocessing, class_labels,
-                 precisions: tuple[str, ...], output_names: tuple[str, ...], calibration_pixels, scratch: Path) -> dict:
+                 precisions: tuple[str, ...], output_names: tuple[str, ...], calibration, scratch: Path) -> dict:
     from coremltools.optimize import coreml as optimize
 
     layout = {"RGB": ct.colorlayout.RGB, "BGR": ct.colorlayout.BGR, "G": ct.colorlayout.GRAYSCALE}
@@ -234,7 +233,8 @@ def _convert_all(ct, traced, contract: InputContract, preprocessing: ImagePrepro
     if W8A8_PRECISION in precisions:
         fp16_ios17 = ct.convert(traced, compute_precision=ct.precision.FLOAT16,
                                 **{**common, "minimum_deployment_target": getattr(ct.target, W8A8_DEPLOYMENT_TARGET)})
-        models[W8A8_PRECISION] = activation_quantized(ct, fp16_ios17, calibration_pixels, scratch, weight_config)
+        models[W8A8_PRECISION] = activation_quantized(ct, fp16_ios17, preprocessing.pixels_from_tensor(calibration),
+                                                      scratch, weight_config)
     if PALETTE_PRECISION in precisions:
         models[PALETTE_PRECISION] = optimize.palettize_weights(fp16, optimize.OptimizationConfig(
             global_config=optimize.OpPalettizerConfig(mode="kmeans", nbits=PALETTE_BITS,

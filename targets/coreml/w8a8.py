@@ -47,9 +47,10 @@ def activation_quantized(ct, fp16_ios17, calibration_pixels: np.ndarray, scratch
     # Every calibration sample (the reference evaluator runs MobileNetV2 in ~0.3 s a sample here): the export's
     # samples come photo by photo, and the first 32 alone gave ranges of 4 photos (held-out cosine 0.9912 against
     # 0.9951 with all 120).
-    statistics = activation_statistics(package, calibration_pixels)
+    program = load_program(package)
+    statistics = activation_statistics(program, calibration_pixels)
     config = optimize.OptimizationConfig(global_config=optimize.OpLinearQuantizerConfig(mode=ACTIVATION_MODE),
-                                         op_name_configs={name: None for name in answer_ops(load_program(package))})
+                                         op_name_configs={name: None for name in answer_ops(program)})
     # The passes linear_quantize_activations applies, in its order, given our statistics (its own calibration
     # needs MLModel.predict).
     passes = []
@@ -65,10 +66,10 @@ def activation_quantized(ct, fp16_ios17, calibration_pixels: np.ndarray, scratch
     return optimize.linear_quantize_weights(activations, weight_config)
 
 
-def activation_statistics(package: Path, calibration_pixels: np.ndarray) -> dict[str, dict[str, float]]:
-    """{tensor name: {"rmin", "rmax"}} for every tensor an op computes, outputs excepted, as coremltools' passes
-    read them; concatenated tensors share one range, as coremltools makes them."""
-    program = load_program(package)
+def activation_statistics(program, calibration_pixels: np.ndarray) -> dict[str, dict[str, float]]:
+    """{tensor name: {"rmin", "rmax"}} for every tensor an op of the program (mil_reference.load_program) computes,
+    outputs excepted, as coremltools' passes read them; concatenated tensors share one range, as coremltools makes
+    them."""
     computed = {result.name for operation in program.operations if operation.type != "const"
                 and not operation.type.startswith("constexpr_") for result in operation.outputs}
     computed -= set(program.output_names)

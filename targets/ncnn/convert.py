@@ -36,7 +36,6 @@ def _int8_artifacts(job: ConversionJob, runtime: str, fp32: Artifact) -> list[Ar
 
     folder, scratch = job.workdir / "int8", job.workdir / "int8_fallback"
     folder.mkdir()
-    scratch.mkdir()
     fallback = None if job.int8_fallback_gate is None else gate_fallback(
         fp32.path, fp32.companions[0], fp32.details["output_blobs"], job.calibration, job.int8_fallback_gate,
         job.output_kinds, scratch)

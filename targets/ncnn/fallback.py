@@ -26,11 +26,12 @@ RANKING_SAMPLES = 32  # of the judging half, spread over it
 
 def gate_fallback(fp32_param: Path, fp32_weights: Path, outputs: dict[str, str], calibration: np.ndarray,
                   gate: ParityThresholds, kinds: dict[str, str], scratch: Path):
-    """The callable write_int8 takes: (plan, ...) -> (layers kept float, the record for the manifest)."""
+    """The callable write_int8 takes: () -> (layers kept float, the record for the manifest)."""
 
-    def choose(*_):
+    def choose():
         from targets.ncnn.int8 import plan_int8
 
+        scratch.mkdir(exist_ok=True)
         fitting, judging = calibration[0::2], calibration[1::2]
         plan = plan_int8(fp32_param, fp32_weights, fitting)
         reference = NcnnRunner(fp32_param, fp32_weights, "fp32", outputs=outputs).run_outputs(judging)

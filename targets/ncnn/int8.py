@@ -78,9 +78,9 @@ def plan_int8(param: Path, weights: Path, calibration: np.ndarray) -> Int8Plan:
 def write_int8(param: Path, weights: Path, calibration: np.ndarray, out_param: Path, out_weights: Path,
                fallback=None) -> Int8Record:
     """The int8 pair of the fp32 `param`/`weights`, written to `out_param`/`out_weights`. `fallback`: a callable
-    (plan, out_param, out_weights) -> (layers to keep float, its record) (fallback.py), or None for plain int8."""
+    () -> (layers to keep float, its record) (fallback.py), or None for plain int8."""
     plan = plan_int8(param, weights, calibration)
-    keep_float, record = fallback(plan, out_param, out_weights) if fallback else (frozenset(), None)
+    keep_float, record = fallback() if fallback else (frozenset(), None)
     plan.write(out_param, out_weights, keep_float)
     int8_layers = [name for name in plan.int8_layers if name not in keep_float]
     return Int8Record(len(int8_layers), tuple(name for name in plan.thresholds if name not in int8_layers),

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from exporter.zoo import digits
 from exporter.zoo import task_training as tasks
 from exporter.zoo.scenes import BACKGROUND, held_out_scenes, training_scenes
 from exporter.zoo.ssdlite import anchor_boxes, decode, encode
@@ -63,7 +64,7 @@ def test_the_segmenter_segments_held_out_digits_as_its_training_recorded():
 
 
 def test_trained_records_ship_with_the_weights():
-    records = json.loads((tasks.TASK_WEIGHTS_DIR / tasks.RECORD_NAME).read_text())
+    records = json.loads((tasks.TASK_WEIGHTS_DIR / digits.RECORD_NAME).read_text())
     assert set(records) == set(tasks.PLANS)
     for name, record in records.items():
         assert (tasks.TASK_WEIGHTS_DIR / record["weights_file"]).stat().st_size == record["weights_bytes"]
@@ -96,7 +97,8 @@ def test_the_segmenter_exports_to_ncnn_with_its_mask_judged_as_a_class_map(tmp_p
         mask = artifact["parity"]
         # ncnn fp16 measured 0.999924 on these 24 scenes (OMP_NUM_THREADS 1 and 2 alike; 0.99991 on 150), fp32 1.0:
         # the bound leaves twelve times the measured shortfall for boundary pixels another CPU may flip. int8 is held
-        # to its gate (0.98) by the export itself; measured 0.9866 here.
+        # to its gate (0.98) by the export itself; measured 0.986565 here at OMP_NUM_THREADS 1 and 2 (same bytes; ncnn
+        # calibrates and runs parity with one thread): 0.0066 above the gate, about 2,600 of the 393k pixels.
         bound = 0.98 if artifact["precision"] == "int8" else 0.999
         assert mask["kind"] == "class_map" and mask["metrics"]["pixel_agreement"] >= bound, artifact["precision"]
 
