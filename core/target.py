@@ -7,7 +7,9 @@ never decided by switching on a runtime's name elsewhere. Each optional capabili
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -68,6 +70,7 @@ class Target:
     name: str = ""  # what --target and the manifest call this runtime
     display_name: str = ""  # for people: "LiteRT (TFLite)"
     platforms: tuple[str, ...] = ()  # where its artifacts ship; () for the ONNX interchange every export holds
+    in_platform_groups: bool = True  # built by --target <platform>; False: only by its own name and by "all"
     profile_runtime: str = ""  # what device profiles call its runtime library
     interchange: bool = False  # the model every other target converts from (one target only)
     # Precisions measured to come out byte-identical when the same inputs are exported again (tests check it).
@@ -105,6 +108,19 @@ class Target:
 
     runtime_package: str | None = None  # the installed package whose version host figures depend on
     runtime_module: str | None = None  # imported before the memory baseline, so the model's share stands apart
+
+    def runtime_version(self) -> str | None:
+        """The version of the runtime host figures depend on; None when it has no host runtime."""
+        if not self.runtime_package:
+            return None
+        try:
+            return metadata.version(self.runtime_package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    def host_python(self) -> str:
+        """The interpreter a host timing of this runtime runs under (validation/host_bench.py's child)."""
+        return sys.executable
 
     def timing_runner(self, artifact: Artifact, threads: int) -> tuple[Runner, dict]:
         """A runner with `threads` threads for timing one artifact, and the options it runs with."""

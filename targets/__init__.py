@@ -28,6 +28,7 @@ REGISTRY: dict[str, Target] = _registered(
     "targets.tflite:TFLiteTarget",
     "targets.ncnn:NcnnTarget",
     "targets.coreml:CoreMLTarget",
+    "targets.executorch:ExecuTorchTarget",
 )
 
 
@@ -47,7 +48,7 @@ def target_groups() -> dict[str, tuple[str, tuple[str, ...]]]:
     targets = [target for target in REGISTRY.values() if target.platforms]
     groups: dict[str, tuple[str, tuple[str, ...]]] = {}
     for platform in dict.fromkeys(p for target in targets for p in target.platforms):
-        groups[platform] = (platform, tuple(t.name for t in targets if platform in t.platforms))
+        groups[platform] = (platform, tuple(t.name for t in targets if platform in t.platforms and t.in_platform_groups))
     for target in targets:
         groups[target.name] = (target.platforms[0], (target.name,))
     groups[ALL_TARGETS] = (ALL_TARGETS, tuple(t.name for t in targets))

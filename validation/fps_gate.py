@@ -263,8 +263,9 @@ def runs_any(profile: DeviceProfile, runtimes: tuple[str, ...]) -> bool:
 def profile_platform(profile: DeviceProfile) -> str:
     """Profiles carry no platform key: the platform of the runtimes the device runs (PLATFORM_PRECEDENCE when
     they ship to several); Linux boards run what the manifest calls android artifacts."""
-    served = {platform for name in profile.runtimes
-              for platform in getattr(target_of_profile_runtime(name), "platforms", ())}
+    shipping = [getattr(target_of_profile_runtime(name), "platforms", ()) for name in profile.runtimes]
+    # a runtime that ships to several platforms (ExecuTorch) says nothing about which device this is
+    served = {platform for platforms in shipping if len(platforms) == 1 for platform in platforms}
     return next((platform for platform in PLATFORM_PRECEDENCE if platform in served), PLATFORM_PRECEDENCE[-1])
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from core.artifact import Artifact, every_output_call
-from core.errors import ConverterError
+from core.errors import ConverterError, MobileExportError
 from core.process import python_path_for_child
 from targets import REGISTRY, get_target
 
@@ -111,11 +111,10 @@ def host_info() -> dict:
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     versions = {}
-    for package in (target.runtime_package for target in REGISTRY.values() if target.runtime_package):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+    for target in REGISTRY.values():
+        version = _version_or_why_not(target)
+        if version is not None:
+            versions[target.runtime_package or target.name] = version
     return {
         "machine": platform.machine(),
         "cpu": _cpu_model() or platform.processor() or "unknown",
@@ -126,6 +125,13 @@ def host_info() -> dict:
         "python": platform.python_version(),
         "runtimes": versions,
     }
+
+
+def _version_or_why_not(target) -> str | None:
+    try:
+        return target.runtime_version()
+    except MobileExportError as error:  # a runtime in a virtualenv of its own that is not installed
+        return f"not installed ({error.message})"
 
 
 def _cpu_model() -> str | None:
@@ -146,7 +152,8 @@ def measure_on_host(request: MeasureRequest, log_path: Path) -> HostMeasurement:
         request_path.write_text(json.dumps({**asdict(request), "log": str(log_path), "result": str(result_path)}))
         env = {**os.environ, "PYTHONPATH": python_path_for_child(),
                "TF_CPP_MIN_LOG_LEVEL": "2"}
-        completed = subprocess.run([sys.executable, "-m", "validation.host_bench", str(request_path)],
+        python = get_target(request.runtime).host_python()  # ExecuTorch times under its own interpreter
+        completed = subprocess.run([python, "-m", "validation.host_bench", str(request_path)],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
         result = json.loads(result_path.read_text()) if result_path.is_file() else {}
     if completed.returncode != 0 or "error" in result or not result:

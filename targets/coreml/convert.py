@@ -12,7 +12,7 @@ the model's own outputs, unchanged (coremltools adds no softmax), so they are th
 Labels that repeat (ImageNet has two "sunglasses") get their class index appended, because dictionary
 keys must be unique.
 
-An ONNX source has no PyTorch module: pnnx regenerates one from the graph (onnx_to_torch.py), and that
+An ONNX source has no PyTorch module: pnnx regenerates one from the graph (graph/onnx_to_torch.py), and that
 module is converted; parity still compares with ONNX Runtime on the source file.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from core.artifact import Artifact, ConversionJob, returned_values
 from core.capture import output_to
 from core.contract import InputContract
 from core.errors import ConverterError
+from graph.onnx_to_torch import module_to_convert
 from targets.coreml.mil_reference import load_program
 from targets.coreml.preprocessing import INPUT_NAME, OUTPUT_NAME, ImagePreprocessing, image_preprocessing
 from targets.coreml.tools import EVALUATOR_REFERENCE, evaluator_name, import_coremltools
@@ -57,7 +58,7 @@ QUANTIZE_MIN_ELEMENTS = 2048
 
 def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
     preprocessing = image_preprocessing(job.contract)
-    module, source = _torch_module(job)
+    module, source = module_to_convert(job)
     traced = _trace(module, job.contract, preprocessing)
     single = job.onnx.single_output
     class_labels = classifier_labels(job.labels, single.shape) if single else None
@@ -140,16 +141,6 @@ WEIGHT_DESCRIPTIONS = {
     PALETTE_PRECISION: f"{PALETTE_BITS}-bit palettized (palettize_weights, k-means look-up table per tensor) for "
                        f"tensors of {QUANTIZE_MIN_ELEMENTS}+ elements, float16 below; float16 compute",
 }
-
-
-def _torch_module(job: ConversionJob):
-    """The module to convert and where it came from: the user's, or one pnnx regenerated from the ONNX graph."""
-    if job.torch_module is not None:
-        return job.torch_module, "PyTorch module"
-    from targets.coreml.onnx_to_torch import torch_module_from_onnx
-
-    module = torch_module_from_onnx(job.onnx, job.workdir / "pnnx", job.log_path, job.timeout_s)
-    return module, "PyTorch module regenerated from the ONNX graph by pnnx"
 
 
 def _classifier_details(model, class_labels, labels) -> dict | None:

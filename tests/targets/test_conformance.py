@@ -26,6 +26,9 @@ KNOWN_EXCEPTIONS = {
     ("onnx", "snippet"): "apps ship a runtime's own artifact; the ONNX model is the interchange",
     # Core ML prediction needs macOS; parity here runs the reference evaluator, which is no speed measure.
     ("coreml", "timing"): "Core ML runs only on macOS/iOS",
+    # The program's layers run inside XNNPACK's compiled partitions, whose inner tensors ExecuTorch's runtime does
+    # not hand out; explain the export's TFLite or ncnn artifact of the same model instead.
+    ("executorch", "explain"): "a .pte's layers run inside opaque XNNPACK partitions",
 }
 SAMPLES = 20  # held-out digits; parity gates below are the export's own (core/parity.py DEFAULT_THRESHOLDS)
 

@@ -321,8 +321,11 @@ def test_ios_and_all_targets_ship_to_their_platforms():
     ios = build_spec({**NO_FLAGS, "target": "ios"})
     every = build_spec({**NO_FLAGS, "target": "all"})
     assert ios.target_names == ("coreml",) and ios.platform_of("coreml") == "ios"
-    assert set(every.target_names) == {"tflite", "ncnn", "coreml"}
+    assert set(every.target_names) == {"tflite", "ncnn", "coreml", "executorch"}
     assert [every.platform_of(name) for name in ("tflite", "ncnn", "coreml")] == ["android", "android", "ios"]
+    # ExecuTorch ships to both, and is built by name or with all, not by the platform groups
+    assert "executorch" not in build_spec({**NO_FLAGS, "target": "android"}).target_names
+    assert "executorch" not in ios.target_names
 
 
 def test_explain_on_a_damaged_core_ml_package_points_at_the_damaged_layer(ios_export, tmp_path):

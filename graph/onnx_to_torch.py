@@ -1,4 +1,4 @@
-"""A PyTorch module regenerated from an ONNX graph, for converters that read PyTorch only (coremltools).
+"""A PyTorch module regenerated from an ONNX graph, for converters that read PyTorch only (coremltools, ExecuTorch).
 
 pnnx reads the ONNX file and writes a plain PyTorch re-creation of it: `model_pnnx.py` (a `Model` class
 built from torch.nn layers and torch.nn.functional calls) and `model.pnnx.bin` (its weights, which the
@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from core.artifact import OnnxModel
+from core.artifact import ConversionJob, OnnxModel
 from core.errors import ConverterError
 from core.process import installed_executable, run_converter
 
@@ -56,3 +56,12 @@ def _load_generated_module(python_file: Path):
                              hint=f"see {python_file}; report the ONNX graph to pnnx") from None
     finally:
         sys.modules.pop(name, None)
+
+
+def module_to_convert(job: ConversionJob):
+    """The module a PyTorch-reading converter converts and where it came from: the user's, or one pnnx regenerated
+    from the ONNX graph (in job.workdir/pnnx)."""
+    if job.torch_module is not None:
+        return job.torch_module, "PyTorch module"
+    module = torch_module_from_onnx(job.onnx, job.workdir / "pnnx", job.log_path, job.timeout_s)
+    return module, "PyTorch module regenerated from the ONNX graph by pnnx"
