@@ -17,7 +17,7 @@ INSTALLED := $(VENV)/.installed
 EXECUTORCH_VENV := .venv-executorch
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv venv-quantizer export test test-all bench bench-host-fps bench-export-time bench-projection-error bench-int8-suite clean
+.PHONY: venv venv-quantizer export test test-all bench bench-host-fps bench-export-time bench-projection-error bench-int8-suite bench-tflite-converters clean
 
 venv: $(INSTALLED) $(EXECUTORCH_VENV)/.installed
 
@@ -57,7 +57,8 @@ bench-host-fps: venv
 browser:
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-# ai-edge-quantizer, the int8 suite's baseline, pins another LiteRT than onnx2tf: a virtualenv of its own.
+# The int8 suite's and the converter table's Google tooling (ai-edge-quantizer, litert-torch) pins another LiteRT and
+# numpy than onnx2tf: a virtualenv of its own.
 QUANTIZER_VENV := .venv-quantizer
 venv-quantizer: $(QUANTIZER_VENV)/.installed
 
@@ -68,6 +69,9 @@ $(QUANTIZER_VENV)/.installed: requirements-quantizer.lock
 
 bench-int8-suite: venv venv-quantizer
 	$(BIN)/python bench/int8_suite.py $(BENCH_ARGS)
+
+bench-tflite-converters: venv venv-quantizer
+	$(BIN)/python bench/tflite_converters.py $(BENCH_ARGS)
 
 bench-export-time: venv
 	$(BIN)/python bench/export_time.py

@@ -44,6 +44,9 @@ def test_the_int8_program_records_its_calibration_and_what_it_kept_float(several
     quantization = raw["details"]["quantization"]
     assert quantization["calibration_samples"] == manifest.raw["data"]["calibration_samples"]
     assert quantization["calibrated_tensors"] > 0
+    ranges = quantization["activation_ranges"]
+    assert set(ranges["chosen_by"]["cross_fitted_cosine"]) == {"histogram", "percentile"}
+    assert ranges["method"] in ranges["chosen_by"]["cross_fitted_cosine"]
     # scores are written by the head's linear layer, features and detections by the last convolution; the box
     # and score fields of detections are assembled after it (a concatenation), in float
     assert len(quantization["answer_ops"]["ops"]) == 2
