@@ -29,11 +29,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from functools import lru_cache
+
 import numpy as np
-# this module runs under ExecuTorch's interpreter only
-from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
-from torchao.quantization.pt2e.observer import MinMaxObserver
-from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
 from graph.activation_ranges import DESCRIPTION as PERCENTILE_DESCRIPTION
 from graph.activation_ranges import calibrated, sample_bounds
@@ -118,14 +116,17 @@ def _quantized(program, example, calibration: np.ndarray, method: str):
     module = program.module()
     tail, answers = _output_tail(module.graph)
     config = get_symmetric_quantization_config(is_per_channel=True)
-    static = SparingQuantizer(tail | answers).set_global(_with_our_ranges(config) if method == PERCENTILE else config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    sparing_quantizer, calibrated_range_observer = _pt2e_classes()
+    static = sparing_quantizer(tail | answers).set_global(_with_our_ranges(config) if method == PERCENTILE else config)
     # answer ops: int8 weights, float output (XNNPACK's dynamically quantized kernels)
     dynamic = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
     quantizer = ComposableQuantizer([static, dynamic.set_filter_function(lambda node: node.name in answers)])
     prepared = prepare_pt2e(module, quantizer)
     for chunk in _chunks(calibration, example[0].shape[0]):
         prepared(chunk)
-    observed = sum(isinstance(m, (CalibratedRangeObserver, HistogramObserver)) and bool(m.min_val.isfinite().all())
+    observed = sum(isinstance(m, (calibrated_range_observer, HistogramObserver)) and bool(m.min_val.isfinite().all())
                    for m in prepared.modules())
     return convert_pt2e(prepared), sorted(answers), sorted(tail), observed
 
@@ -208,52 +209,61 @@ def _with_our_ranges(config):
         if spec is None:
             return None
         # the default histogram observer's eps, so a constant tensor still gets a usable scale
-        return replace(spec, observer_or_fake_quant_ctr=CalibratedRangeObserver.with_args(eps=2 ** -12))
+        return replace(spec, observer_or_fake_quant_ctr=_pt2e_classes()[1].with_args(eps=2 ** -12))
 
     return replace(config, input_activation=swapped(config.input_activation),
                    output_activation=swapped(config.output_activation))
 
 
-class SparingQuantizer(XNNPACKQuantizer):
-    """XNNPACKQuantizer leaving the `spared` nodes float. Its filter function does not reach every annotator
-    (executorch 1.5.1 annotates every concatenation regardless, with one scale for all its inputs: boxes in
-    pixels and scores in 0..1 then share one int8 scale), so their annotations are removed afterwards too."""
+@lru_cache(maxsize=None)
+def _pt2e_classes():
+    """(SparingQuantizer, CalibratedRangeObserver), defined on first use: executorch and torchao import only under
+    ExecuTorch's interpreter, and this module must import anywhere (the main virtualenv walks every module)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-    def __init__(self, spared: set[str]):
-        super().__init__()
-        self._spared = frozenset(spared)
-        self.set_filter_function(lambda node: node.name not in self._spared)
+    class SparingQuantizer(XNNPACKQuantizer):
+        """XNNPACKQuantizer leaving the `spared` nodes float. Its filter function does not reach every annotator
+        (executorch 1.5.1 annotates every concatenation regardless, with one scale for all its inputs: boxes in
+        pixels and scores in 0..1 then share one int8 scale), so their annotations are removed afterwards too."""
 
-    def annotate(self, model):
-        model = super().annotate(model)
-        for node in model.graph.nodes:
-            if node.name in self._spared:
-                node.meta.pop(Q_ANNOTATION_KEY, None)
-        return model
+        def __init__(self, spared: set[str]):
+            super().__init__()
+            self._spared = frozenset(spared)
+            self.set_filter_function(lambda node: node.name not in self._spared)
 
+        def annotate(self, model):
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if node.name in self._spared:
+                    node.meta.pop(Q_ANNOTATION_KEY, None)
+            return model
 
-class CalibratedRangeObserver(MinMaxObserver):
-    """A MinMaxObserver whose range is graph/activation_ranges.py's rule: per calibration sample the tails
-    beyond the 99.999th percentile are clipped, the range is the mean over samples, snapped to the grid."""
+    class CalibratedRangeObserver(MinMaxObserver):
+        """A MinMaxObserver whose range is graph/activation_ranges.py's rule: per calibration sample the tails
+        beyond the 99.999th percentile are clipped, the range is the mean over samples, snapped to the grid."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lows: list[float] = []
-        self.highs: list[float] = []
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lows: list[float] = []
+            self.highs: list[float] = []
 
-    def forward(self, x):
-        import torch
+        def forward(self, x):
+            import torch
 
-        if x.numel() == 0:
+            if x.numel() == 0:
+                return x
+            values = x.detach().to(torch.float64).cpu().numpy()
+            for sample in values.reshape(values.shape[0], -1) if values.ndim > 1 else values.reshape(1, -1):
+                low, high = sample_bounds(sample)
+                self.lows.append(low)
+                self.highs.append(high)
+            self.min_val = torch.tensor(calibrated(self.lows), dtype=torch.float32)
+            self.max_val = torch.tensor(calibrated(self.highs), dtype=torch.float32)
             return x
-        values = x.detach().to(torch.float64).cpu().numpy()
-        for sample in values.reshape(values.shape[0], -1) if values.ndim > 1 else values.reshape(1, -1):
-            low, high = sample_bounds(sample)
-            self.lows.append(low)
-            self.highs.append(high)
-        self.min_val = torch.tensor(calibrated(self.lows), dtype=torch.float32)
-        self.max_val = torch.tensor(calibrated(self.highs), dtype=torch.float32)
-        return x
+
+    return SparingQuantizer, CalibratedRangeObserver
 
 
 if __name__ == "__main__":
