@@ -52,3 +52,18 @@ def test_the_int8_program_records_its_calibration_and_what_it_kept_float(several
     assert len(quantization["answer_ops"]["ops"]) == 2
     assert any(name.startswith("cat") for name in quantization["float_after_answers"])
     assert raw["details"]["xnnpack_partitions"] >= 1
+
+
+def test_the_host_benchmark_times_programs_inside_executorchs_interpreter(several_outputs_export):
+    """`mobile-export bench` times a .pte in a child under .venv-executorch, the runtime in-process: no hand-off to a
+    worker inside the timed loop, and the memory figures are the runtime's own process."""
+    from validation.fps_gate import load_export, measure_artifact_on_host
+    from validation.host_bench import StoppingRule
+
+    _, folder = several_outputs_export
+    model = load_export(folder, ("executorch",))
+    artifact = next(a for a in model.artifacts if a.precision == "int8")
+    rule = StoppingRule(warmup_runs=2, warmup_seconds=0.0, min_runs=10, max_runs=20, budget_seconds=5.0)
+    measurement = measure_artifact_on_host(model, artifact, threads=1, rule=rule)
+    assert measurement.settings == {"xnnpack_threads": 1, "in_process": True}
+    assert 10 <= measurement.runs <= 20 and measurement.p50_ms > 0
