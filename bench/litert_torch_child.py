@@ -1,9 +1,10 @@
 """bench/tflite_converters.py's child, run by .venv-quantizer's Python (litert-torch 0.10, ai-edge-quantizer 0.10,
-ai-edge-litert 2.3, numpy 2): `python bench/litert_torch_child.py REQUEST.json`. Imports nothing of mobile-export.
+ai-edge-litert 2.3, numpy 2): `python bench/litert_torch_child.py REQUEST.json`, this checkout on PYTHONPATH. Of
+mobile-export it imports only targets/tflite/runner.py's int8 I/O (de)quantization (numpy-only).
 
 Converts the saved program with litert-torch (NHWC input through litert_torch.to_channel_last_io, as an app
-feeds a bitmap), makes fp16 (float casting) and int8 (static_wi8_ai8, min/max on the calibration samples, float
-input and output) with ai-edge-quantizer, then runs every .tflite file, ours included, on the validation samples
+feeds a bitmap), makes fp16 (float casting) and int8 (static_wi8_ai8, min/max on the calibration samples; that
+recipe makes the input and output int8 too) with ai-edge-quantizer, then runs every .tflite file, ours included, on the validation samples
 in this runtime with 2 threads: outputs for the parent to score, op counts and a median latency.
 """
 from __future__ import annotations
@@ -87,6 +88,8 @@ def _int8(fp32: Path, scratch: Path, calibration: np.ndarray) -> Path:
 def evaluate(path, label: str, precision: str, scratch: Path) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
+    from targets.tflite.runner import dequantize, quantize
+
     path = Path(path)
     interpreter = Interpreter(model_path=str(path), num_threads=THREADS)
     interpreter.allocate_tensors()
@@ -96,9 +99,9 @@ def evaluate(path, label: str, precision: str, scratch: Path) -> dict:
     samples = validation.transpose(0, 2, 3, 1) if channels_last else validation
     outputs = []
     for sample in samples:
-        interpreter.set_tensor(feed["index"], _to_input(sample[None], feed))
+        interpreter.set_tensor(feed["index"], quantize(sample[None], feed))  # int8 I/O with the file's own scale
         interpreter.invoke()
-        outputs.append(_from_output(interpreter.get_tensor(fetch["index"]), fetch))
+        outputs.append(dequantize(interpreter.get_tensor(fetch["index"]), fetch))
     timings = []
     for run in range(WARMUP_RUNS + TIMED_RUNS):
         started = time.perf_counter()
@@ -112,20 +115,6 @@ def evaluate(path, label: str, precision: str, scratch: Path) -> dict:
             "outputs": str(saved), "transposes": ops.count("TRANSPOSE"),
             "pads": sum(ops.count(name) for name in ("PAD", "PADV2", "MIRROR_PAD")),
             "latency_ms": float(np.median(timings)), "input_layout": "NHWC" if channels_last else "NCHW"}
-
-
-def _to_input(batch: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] == np.float32:
-        return batch.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    return np.clip(np.round(batch / scale + zero_point), -128, 127).astype(detail["dtype"])
-
-
-def _from_output(values: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] == np.float32:
-        return values
-    scale, zero_point = detail["quantization"]
-    return (values.astype(np.float32) - zero_point) * scale
 
 
 if __name__ == "__main__":

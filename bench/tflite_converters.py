@@ -7,8 +7,8 @@ litert-torch (PyTorch -> .tflite directly, no TensorFlow) with Google's ai-edge-
 Per zoo model (default: the ImageNet MobileNetV2 and the four digit-trained models whose weights ship in the
 repository): our path is `mobile-export export --target tflite` (its manifest gives the seconds of the TFLite
 stage); litert-torch converts the same PyTorch module (fp32; fp16 weights by ai-edge-quantizer's float casting;
-int8 by its static_wi8_ai8 recipe with min/max calibration on the export's own calibration samples, float input
-and output), timed from the module to the file. Every .tflite file, ours and theirs, is then run in the same
+int8 by its static_wi8_ai8 recipe with min/max calibration on the export's own calibration samples, which makes the
+input and output int8 as well: fed and read with the file's own scales), timed from the module to the file. Every .tflite file, ours and theirs, is then run in the same
 runtime (ai-edge-litert 2.3, 2 threads) on the export's own held-out validation samples and compared with ONNX
 Runtime on the export's ONNX model by core/parity.py, the export's gate; latency is the median of timed runs
 after a warm-up in that same runtime, so it compares files, not runtimes. onnx2tf 2.x (its TensorFlow-free
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,7 +29,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.manifest import read_manifest  # noqa: E402
 from core.parity import DEFAULT_THRESHOLDS, compare_outputs  # noqa: E402
+from core.process import python_path_for_child  # noqa: E402
+from targets import interchange_target  # noqa: E402
 
 MOBILE_EXPORT = REPO / ".venv" / "bin" / "mobile-export"
 LITERT_PYTHON = REPO / ".venv-quantizer" / "bin" / "python"
@@ -67,12 +71,11 @@ def prepare(name: str, out: Path) -> dict:
 
 
 def reference_outputs(prepared: dict) -> np.ndarray:
-    import onnxruntime
-
-    onnx_path = prepared["folder"] / next(a["path"] for a in prepared["manifest"]["artifacts"] if a["runtime"] == "onnx")
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (feed,) = session.get_inputs()
-    return np.concatenate([session.run(None, {feed.name: sample[None]})[0] for sample in prepared["validation"]])
+    """ONNX Runtime on the export's ONNX model, run as the export's parity runs it."""
+    manifest = read_manifest(prepared["folder"])
+    reference = interchange_target()
+    runner = reference.load(manifest.of_runtime(reference.name)[0].artifact(prepared["folder"]))
+    return runner.run(prepared["validation"])
 
 
 def run_child(prepared: dict, python: Path) -> dict:
@@ -80,7 +83,8 @@ def run_child(prepared: dict, python: Path) -> dict:
     ours = {precision: str(prepared["folder"] / f"{prepared['name']}{suffix}") for precision, suffix in OURS.items()}
     request = prepared["scratch"] / "request.json"
     request.write_text(json.dumps({"scratch": str(prepared["scratch"]), "ours": ours}))
-    subprocess.run([str(python), str(REPO / "bench" / "litert_torch_child.py"), str(request)], check=True)
+    subprocess.run([str(python), str(REPO / "bench" / "litert_torch_child.py"), str(request)], check=True,
+                   env={**os.environ, "PYTHONPATH": python_path_for_child()})
     return json.loads((prepared["scratch"] / "result.json").read_text())
 
 

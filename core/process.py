@@ -104,6 +104,17 @@ def _raise_if_failed(returncode: int | None, what: str, cwd: Path, own_log: Path
         raise ConverterError(f"{what} {how_it_ended(returncode)}:\n{tail}", hint=f"the full converter output is in {log_path}")
 
 
+def child_result(path: Path) -> dict:
+    """What a converter child reported in its JSON file; {} when it wrote none (the artifact checks that follow
+    say what is missing)."""
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def run_python_module(module: str, module_args: list[str], **kwargs) -> None:
     run_converter([sys.executable, "-m", module, *module_args], **kwargs)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.artifact import Artifact, ConversionJob
+from core.artifact import VALIDATION_THREADS, Artifact, ConversionJob
 from core.target import SnippetContract, Target
 
 
@@ -33,9 +33,7 @@ class ExecuTorchTarget(Target):
         return convert(job, self.runtime)
 
     def load(self, artifact: Artifact):
-        from targets.executorch.runner import runner_for
-
-        return runner_for(artifact.path, _output_names(artifact), artifact.details["input_shape"][0])
+        return _runner(artifact)
 
     def tool_versions(self) -> dict[str, str]:
         from targets.executorch.environment import installed_versions
@@ -53,9 +51,7 @@ class ExecuTorchTarget(Target):
         return host_python()
 
     def timing_runner(self, artifact: Artifact, threads: int):
-        from targets.executorch.runner import runner_for
-
-        runner = runner_for(artifact.path, _output_names(artifact), artifact.details["input_shape"][0], threads)
+        runner = _runner(artifact, threads)
         # in_process False: the timings include handing each input to the worker process (bench runs in-process)
         return runner, {"xnnpack_threads": threads, "in_process": runner.in_process}
 
@@ -65,5 +61,9 @@ class ExecuTorchTarget(Target):
         return snippets(contract, entry, model_dir)
 
 
-def _output_names(artifact: Artifact) -> tuple[str, ...]:
-    return tuple(artifact.details.get("outputs") or ("output",))
+def _runner(artifact: Artifact, threads: int = VALIDATION_THREADS):
+    """The artifact's program run by ExecuTorch, its outputs named as the export recorded them."""
+    from targets.executorch.runner import runner_for
+
+    return runner_for(artifact.path, tuple(artifact.details.get("outputs") or ("output",)),
+                      artifact.details["input_shape"][0], threads)

@@ -14,7 +14,7 @@ import numpy as np
 
 from core.artifact import Artifact, ConversionJob
 from core.errors import ConverterError
-from core.process import python_path_for_child, run_converter
+from core.process import child_result, python_path_for_child, run_converter
 from graph.onnx_to_torch import module_to_convert
 from targets.executorch.environment import executorch_python
 
@@ -37,7 +37,7 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
     run_converter([str(python), "-m", "targets.executorch.lower", str(request)], cwd=job.workdir,
                   log_path=job.log_path, timeout_s=job.timeout_s, what="ExecuTorch lowering (XNNPACK)",
                   env={"PYTHONPATH": python_path_for_child()})
-    records = _child_result(job.workdir)
+    records = child_result(job.workdir / CHILD_RESULT)
     return [_artifact(job, runtime, precision, source, records.get(precision, {})) for precision in FILE_FOR_PRECISION]
 
 
@@ -54,13 +54,6 @@ def _export_program(module, input_shape: tuple[int, ...], path: Path) -> None:
                  "forward(); or export without it (--target android / ios)",
         ) from error
     torch.export.save(program, str(path))
-
-
-def _child_result(workdir: Path) -> dict:
-    try:
-        return json.loads((workdir / CHILD_RESULT).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _artifact(job: ConversionJob, runtime: str, precision: str, source: str, record: dict) -> Artifact:

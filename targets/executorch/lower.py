@@ -34,6 +34,7 @@ from functools import lru_cache
 import numpy as np
 
 from graph.activation_ranges import DESCRIPTION as PERCENTILE_DESCRIPTION
+from core.parity import cosine_per_sample
 from graph.activation_ranges import calibrated, sample_bounds
 from targets.executorch.convert import CHILD_RESULT, FILE_FOR_PRECISION
 
@@ -170,14 +171,13 @@ def _chunks(samples: np.ndarray, batch: int):
 
 
 def _cosine(reference, candidate) -> float:
-    """Mean over the outputs of their cosine similarity (one batch, flattened)."""
+    """Mean over the outputs, and over the batch's samples, of core/parity.py's cosine per sample."""
     from torch.utils._pytree import tree_flatten
 
     values = []
     for ref, out in zip(tree_flatten(reference)[0], tree_flatten(candidate)[0]):
-        ref, out = ref.detach().double().flatten(), out.detach().double().flatten()
-        norms = float(ref.norm() * out.norm())
-        values.append(float(ref @ out) / norms if norms > 0 else float(ref.norm() == out.norm()))
+        ref, out = (t.detach().double().reshape(t.shape[0], -1).numpy() for t in (ref, out))
+        values.append(cosine_per_sample(ref, out).mean())
     return float(np.mean(values))
 
 

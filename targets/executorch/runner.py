@@ -1,5 +1,5 @@
 """Running .pte programs: in this process when it is ExecuTorch's interpreter (the host benchmark's child),
-otherwise through a worker process under that interpreter (parity and explain run in the main virtualenv).
+otherwise through a worker process under that interpreter (parity runs in the main virtualenv).
 
 Both give every output by the ONNX model's names, in its order: a program's outputs are the module's outputs
 flattened as torch.export flattens them, which is the order torch.onnx.export gave the ONNX outputs.

@@ -22,7 +22,7 @@ from core.artifact import Artifact, ConversionJob, run_in_chunks
 from core.errors import ConverterError
 from core.output_kinds import inferred_kind
 from core.parity import ParityThresholds
-from core.process import python_path_for_child, run_python_module
+from core.process import child_result, python_path_for_child, run_python_module
 from graph.passes.lean_graph import with_lean_graph
 from targets.tflite.child_log import phase
 from targets.tflite.outputs import MATCH_SAMPLES, match_outputs
@@ -54,7 +54,7 @@ def convert(job: ConversionJob, runtime: str) -> list[Artifact]:
         # Keep TensorFlow from grabbing every core and from chattering on stderr.
         env={"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": python_path_for_child()},
     )
-    child = _child_result(job.workdir)
+    child = child_result(job.workdir / CHILD_RESULT)
     int8_recipe = {
         **child,
         "io": "int8" if job.int8_io else "float32",
@@ -96,13 +96,6 @@ def _artifact(workdir: Path, runtime: str, precision: str, extra_details: dict) 
         )
     details = {**describe_tflite(path), **extra_details}
     return Artifact(path=path, runtime=runtime, precision=precision, details=details)
-
-
-def _child_result(workdir: Path) -> dict:
-    try:
-        return json.loads((workdir / CHILD_RESULT).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _fallback_record(child: dict):
